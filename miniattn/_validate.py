@@ -1,0 +1,68 @@
+"""Input validation shared by every block: clear errors that name the argument.
+
+Every public function of miniattn checks its inputs with these helpers so that a wrong shape, a wrong
+dtype, an id out of range or a NaN is reported where it enters, never propagated silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def float_array(name: str, x, ndim: int | None = None, *, min_ndim: int | None = None,
+                allow_empty: bool = False) -> np.ndarray:
+    """Return ``x`` as a finite floating-point array, or raise naming ``name``.
+
+    Floating inputs keep their precision (float32 stays float32); Python scalars and lists become
+    float64. Integer, boolean, complex and object arrays are a ``TypeError``: silently casting
+    token ids into a float slot hides bugs.
+    """
+    arr = np.asarray(x)
+    if not isinstance(x, np.ndarray) and arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)  # a literal like [[1, 2]] is meant as numbers, not ids
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {arr.shape}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
+              allow_empty: bool = False) -> np.ndarray:
+    """Return ``x`` as an integer array with every value in ``[0, upper)``, or raise naming ``name``.
+
+    Negative ids are rejected explicitly: NumPy would otherwise wrap them to the end of a table.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if not allow_empty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if arr.size and upper is not None:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= upper:
+            raise ValueError(f"{name} must lie in [0, {upper}), got values in [{lo}, {hi}]")
+    return arr
+
+
+def bool_array(name: str, x, shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``x`` as a boolean array of exactly ``shape``, or raise naming ``name``."""
+    arr = np.asarray(x)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{name} must be a boolean array (True = keep), got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    return arr
+
+
+def result_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The common floating dtype of the given arrays (float32 only if all are float32)."""
+    return np.result_type(*[a.dtype for a in arrays if a is not None])
