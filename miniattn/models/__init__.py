@@ -1,0 +1,9 @@
+"""Models. Every model exposes
+
+* ``params`` — dict name -> float array (the optimiser updates these in place);
+* ``loss_and_grads(batch) -> (loss: float, grads: dict)`` with grads keyed like ``params``;
+* ``forward(batch) -> ForwardResult`` with ``log_probs`` and ``attention`` (per head where there are
+  heads);
+* construction from a ``numpy.random.Generator`` with a documented ``init_scale``;
+* ``uniform=True`` for the paper's uniform-attention twin.
+"""
