@@ -26,8 +26,20 @@ test: $(VENV)/.installed ## run the fast test suite (HYPOTHESIS_PROFILE=dev|ci|t
 test-slow: $(VENV)/.installed ## run only the slow scientific checks
 	$(PY) -m pytest -m slow -q
 
+# The experiment DAG (results -> figures -> REPORT.md) lives in reproduce.mk.
+-include reproduce.mk
+ifeq ($(wildcard reproduce.mk),)
 reproduce: $(VENV)/.installed ## regenerate every result, figure and REPORT.md (FULL=1 for paper scale)
-	@echo "The experiments (E1-E7) are not implemented yet; see the open issues. Nothing to reproduce."
+	@echo "The experiment pipeline (reproduce.mk) is not in this revision yet: nothing to reproduce."
+endif
+
+TORCH_SPEC ?= torch==2.13.0
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet '$(TORCH_SPEC)' || echo "PyTorch could not be installed: benchmarks will time NumPy alone"
+	touch $@
+
+bench: $(VENV)/.bench-installed ## run the speed benchmarks (installs the optional PyTorch extra)
+	$(PY) -m benchmarks.run_all
 
 clean: ## remove the virtual environment and caches (results are kept)
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
