@@ -1,0 +1,40 @@
+"""The experiments E1-E7 of SPEC §8, one module each, and their registry.
+
+Each module has ``compute(profile)`` (writes ``results/<id>/runs/*.json`` and
+``results/<id>/summary.json``), ``plot()`` (writes ``results/figures/<id>_*.png``) and ``main()``
+(``python -m analysis.experiments.<module> {compute,plot,all}``). The shared machinery (result store,
+seeds, sweeps, statistics) is :mod:`analysis.experiments.common`; ``REPORT.md`` is built from the
+result files by :mod:`analysis.report`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["ExperimentInfo", "EXPERIMENTS"]
+
+
+class ExperimentInfo(NamedTuple):
+    """Registry entry: id (results directory), module name, and the title used in the report."""
+
+    id: str
+    module: str
+    title: str
+
+
+EXPERIMENTS: tuple[ExperimentInfo, ...] = (
+    ExperimentInfo("e1", "analysis.experiments.e1_toy",
+                   "E1 - Toy gated classifier: closed form vs simulated gradient descent"),
+    ExperimentInfo("e2", "analysis.experiments.e2_two_stages",
+                   "E2 - Two stages: KTIW first, attention later"),
+    ExperimentInfo("e3", "analysis.experiments.e3_agreement",
+                   "E3 - Agreement between attention, KTIW probes and saliency"),
+    ExperimentInfo("e4", "analysis.experiments.e4_copy",
+                   "E4 - Copying permutations vs subsets"),
+    ExperimentInfo("e5", "analysis.experiments.e5_phase",
+                   "E5 - Phase diagram: vocabulary size and init scale"),
+    ExperimentInfo("e6", "analysis.experiments.e6_multihead",
+                   "E6 - Multi-head rescue of the permutation task"),
+    ExperimentInfo("e7", "analysis.experiments.e7_reduced_vs_sim",
+                   "E7 - Reduced ODE vs full simulation"),
+)

@@ -1,0 +1,151 @@
+"""Figures of the experiments: one style, theory as lines, simulation as points or bands.
+
+Conventions (so that every figure in ``REPORT.md`` reads the same way):
+
+* **Theory** (closed form, reduced ODE, co-occurrence prediction) is a solid or dashed *line*.
+* **Simulation** (trained models) is *markers* (single runs, or means with error bars) or a shaded
+  *band* (mean and a confidence interval over seeds).
+* Axes carry units: ``steps``, ``τ = step · lr``, ``probability``, ``accuracy``.
+* Figures are written with the non-interactive Agg backend, atomically (temporary file, then
+  :func:`os.replace`) to ``results/figures/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from analysis.experiments.common import atomic_write_bytes, figures_root  # noqa: E402
+
+__all__ = ["STYLE", "COLORS", "new_figure", "theory_line", "sim_points", "sim_band", "finish_axes",
+           "save_figure", "TAU_LABEL", "STEPS_LABEL"]
+
+TAU_LABEL = "τ = step · lr"
+STEPS_LABEL = "training steps"
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.6,
+}
+# The figures are only ever drawn by the experiment scripts, so the style is applied once, here,
+# rather than threaded through every call.
+matplotlib.rcParams.update(STYLE)
+
+# A colour-blind-safe cycle (Okabe-Ito); fixed per role so that e.g. "permutation" is the same
+# colour in every figure.
+COLORS = {
+    "theory": "#000000",
+    "permutation": "#D55E00",
+    "subset": "#0072B2",
+    "sgd": "#009E73",
+    "adam": "#CC79A7",
+    "uniform": "#E69F00",
+    "other": "#56B4E9",
+    "grey": "#999999",
+}
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 4.2, height: float = 3.2,
+               squeeze: bool = False, **kwargs):
+    """A figure with ``nrows × ncols`` axes in the project style (returns ``fig, axes``, axes 2-D)."""
+    if nrows < 1 or ncols < 1:
+        raise ValueError(f"nrows and ncols must be >= 1, got {nrows}, {ncols}")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
+                             squeeze=squeeze, constrained_layout=True, **kwargs)
+    return fig, axes
+
+
+def theory_line(ax, x, y, label: str | None = "theory", *, color: str = COLORS["theory"],
+                linestyle: str = "-", **kwargs):
+    """Plot a theoretical curve as a line."""
+    return ax.plot(np.asarray(x), np.asarray(y), color=color, linestyle=linestyle, label=label,
+                   zorder=3, **kwargs)
+
+
+def sim_points(ax, x, y, label: str | None = "simulation", *, yerr=None, color: str = COLORS["other"],
+               marker: str = "o", markersize: float = 3.5, **kwargs):
+    """Plot simulated values as markers (with error bars when ``yerr`` is given).
+
+    ``yerr`` is either symmetric (shape (n,)) or ``[lower_err, upper_err]`` (shape (2, n)).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if yerr is not None:
+        return ax.errorbar(x, y, yerr=np.asarray(yerr), fmt=marker, color=color, label=label,
+                           markersize=markersize, capsize=2, linewidth=1, zorder=4, **kwargs)
+    return ax.plot(x, y, marker, color=color, label=label, markersize=markersize, zorder=4, **kwargs)
+
+
+def sim_band(ax, x, mean, low, high, label: str | None = "simulation", *, color: str = COLORS["other"],
+             alpha: float = 0.25, **kwargs):
+    """Plot a simulated mean as a thin line with a shaded band ``[low, high]`` (e.g. a 95% CI)."""
+    x = np.asarray(x)
+    ax.fill_between(x, np.asarray(low), np.asarray(high), color=color, alpha=alpha, linewidth=0)
+    return ax.plot(x, np.asarray(mean), color=color, label=label, linewidth=1.2, **kwargs)
+
+
+def finish_axes(ax, *, xlabel: str, ylabel: str, title: str | None = None, legend: bool = True,
+                **legend_kwargs) -> None:
+    """Label the axes (with units), set the title, and add a legend if anything is labelled."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(frameon=False, **legend_kwargs)
+
+
+def save_figure(fig, name: str, *, root: str | os.PathLike | None = None, close: bool = True) -> Path:
+    """Save ``fig`` as ``<results>/figures/<name>.png`` atomically and return the path.
+
+    The PNG is rendered into memory first and then written with a temporary file and
+    :func:`os.replace`, so an interrupted run never leaves a truncated image that ``make`` would
+    consider up to date. The timestamp-free metadata keeps reruns byte-stable.
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"name must be a file name without '/' or suffix, got {name!r}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    path = atomic_write_bytes(figures_root(root) / f"{name}.png", buf.getvalue())
+    if close:
+        plt.close(fig)
+    return path
+
+
+def band_from_runs(curves: Sequence[np.ndarray] | np.ndarray, confidence: float = 0.95):
+    """Mean and a t-interval band over runs of equal length: returns ``mean, low, high`` (each (T,)).
+
+    With one run the band collapses to the curve.
+    """
+    from scipy import stats
+
+    arr = np.asarray(curves, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"curves must be (runs, T) with runs >= 1, got shape {arr.shape}")
+    mean = arr.mean(axis=0)
+    n = arr.shape[0]
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * arr.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+__all__.append("band_from_runs")

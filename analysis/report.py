@@ -1,0 +1,236 @@
+"""Build ``REPORT.md`` from the raw result files only.
+
+Usage::
+
+    python -m analysis.report [--results results] [--out REPORT.md]
+
+For every registered experiment (:data:`analysis.experiments.EXPERIMENTS`) the report reads
+``<results>/<id>/summary.json`` and writes a section with: the profile, the exact command, the run
+time and git revision (all from the file's metadata), the description and notes, the figures, and a
+table *claim / paper value / our value (95% CI) / holds / source*, where *source* links the result
+file the number was read from. Nothing is recomputed here: a number that is not in a result file
+cannot appear in the report. A missing or unreadable summary is reported as such; it never stops the
+report from being written.
+
+Schema of a claim row in ``summary.json["claims"]``::
+
+    {"claim": str, "paper": str | number | null, "ours": number | str | null,
+     "ci": [low, high] | null, "holds": true | false | null, "source": "e4/summary.json",
+     "fmt": ".3g" (optional format spec for ours/ci/paper), "note": str (optional)}
+
+Extra tables go in ``summary.json["tables"]`` as ``{"title", "columns", "rows", "source"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from analysis.experiments import EXPERIMENTS, ExperimentInfo
+from analysis.experiments.common import atomic_write_text, results_root
+
+__all__ = ["format_value", "format_ci", "render_experiment", "render_report", "build_report", "main"]
+
+
+def format_value(value: Any, fmt: str | None = None) -> str:
+    """A table cell for ``value``: numbers with ``fmt`` (default 4 significant digits), None -> "–"."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and fmt is None:
+        return str(value)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            return "–"
+        return format(value, fmt or ".4g")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v, fmt) for v in value)
+    return _escape(str(value))
+
+
+def format_ci(ci: Any, fmt: str | None = None) -> str:
+    """``" [lo, hi]"`` for a two-element interval, else the empty string."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f" [{format_value(ci[0], fmt)}, {format_value(ci[1], fmt)}]"
+    return ""
+
+
+def _escape(text: str) -> str:
+    """Escape characters that would break a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _holds(value: Any) -> str:
+    if value is True:
+        return "yes"
+    if value is False:
+        return "**no**"
+    return "n/a"
+
+
+def _link(target: Path, report_dir: Path, text: str | None = None) -> str:
+    rel = os.path.relpath(target, report_dir).replace(os.sep, "/")
+    return f"[{text or rel}]({rel})"
+
+
+def _fmt_seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)) or not math.isfinite(s):
+        return "unknown"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min"
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_escape(str(c)) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(rows_cell for rows_cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> tuple[list[str], dict]:
+    """Markdown lines of one experiment's section, and a status row for the overview table."""
+    path = results / info.id / "summary.json"
+    lines = [f"## {info.title}", ""]
+    status = {"id": info.id, "title": info.title, "state": "missing", "holds": "–", "profile": "–",
+              "time": "–"}
+    make_cmd = f"make {os.path.relpath(path, report_dir)}"
+    if not path.is_file():
+        lines += [f"**Missing**: no result file `{os.path.relpath(path, report_dir)}`. "
+                  f"This experiment has not been run (or is not implemented yet). "
+                  f"Run `{make_cmd}` or `python -m {info.module} all`.", ""]
+        return lines, status
+    try:
+        with open(path) as f:
+            s = json.load(f)
+        if not isinstance(s, Mapping):
+            raise ValueError("summary is not a JSON object")
+    except (OSError, ValueError) as exc:
+        status["state"] = "unreadable"
+        lines += [f"**Unreadable result file** `{os.path.relpath(path, report_dir)}`: {_escape(str(exc))}. "
+                  f"Rerun `{make_cmd}`.", ""]
+        return lines, status
+
+    meta = s.get("metadata") or {}
+    git = meta.get("git") or {}
+    rev = git.get("revision")
+    rev_txt = (rev[:10] if isinstance(rev, str) else "unknown") + (" (dirty tree)" if git.get("dirty") else "")
+    versions = meta.get("versions") or {}
+    vers_txt = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    status.update(state="done", profile=str(s.get("profile", "–")),
+                  time=_fmt_seconds(s.get("compute_time_s")))
+    lines += [
+        f"- Result file: {_link(path, report_dir)} (profile **{s.get('profile', 'unknown')}**, "
+        f"computed {s.get('finished', 'unknown')}, git {rev_txt})",
+        f"- Command: `{s.get('command') or ('python -m ' + info.module + ' compute')}` "
+        f"(or `{make_cmd}`)",
+        f"- Run time: {_fmt_seconds(s.get('compute_time_s'))} of compute over "
+        f"{len(s.get('runs') or [])} runs; wall time of the compute step "
+        f"{_fmt_seconds(s.get('wall_time_s'))}",
+    ]
+    if vers_txt:
+        lines.append(f"- Versions: {vers_txt}")
+    lines.append("")
+    if s.get("description"):
+        lines += [str(s["description"]).strip(), ""]
+
+    for fig in s.get("figures") or []:
+        fig_path = results / fig
+        if fig_path.is_file():
+            lines += [f"![{Path(fig).stem}]({os.path.relpath(fig_path, report_dir).replace(os.sep, '/')})", ""]
+        else:
+            lines += [f"*Figure `{fig}` is missing: run `python -m {info.module} plot`.*", ""]
+
+    claims = s.get("claims") or []
+    if claims:
+        rows, n_hold, n_judged = [], 0, 0
+        for c in claims:
+            fmt = c.get("fmt")
+            src = c.get("source") or os.path.relpath(path, results)
+            rows.append([
+                _escape(str(c.get("claim", ""))),
+                format_value(c.get("paper"), fmt if isinstance(c.get("paper"), (int, float)) else None),
+                format_value(c.get("ours"), fmt) + format_ci(c.get("ci"), fmt),
+                _holds(c.get("holds")),
+                _link(results / src, report_dir, src),
+            ])
+            if c.get("holds") is not None:
+                n_judged += 1
+                n_hold += bool(c.get("holds"))
+        status["holds"] = f"{n_hold}/{n_judged}"
+        lines += _table(["Claim", "Paper", "Ours (95% CI)", "Holds", "Source"], rows) + [""]
+        for c in claims:
+            if c.get("note"):
+                lines.append(f"- *{_escape(str(c.get('claim', '')))}*: {c['note']}")
+        if any(c.get("note") for c in claims):
+            lines.append("")
+
+    for t in s.get("tables") or []:
+        cols = t.get("columns") or []
+        fmt = t.get("fmt")
+        lines += [f"**{t.get('title', 'Table')}** (source: "
+                  f"{_link(results / (t.get('source') or os.path.relpath(path, results)), report_dir, t.get('source') or os.path.relpath(path, results))})", ""]
+        lines += _table(cols, [[format_value(v, fmt) for v in row] for row in t.get("rows") or []]) + [""]
+
+    notes = s.get("notes") or []
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    return lines, status
+
+
+def render_report(results: str | os.PathLike | None = None, report_dir: str | os.PathLike = ".",
+                  experiments: Sequence[ExperimentInfo] = EXPERIMENTS) -> str:
+    """The whole report as a markdown string (links relative to ``report_dir``)."""
+    results = results_root(results)
+    report_dir = Path(report_dir)
+    sections, statuses = [], []
+    for info in experiments:
+        lines, status = render_experiment(info, results, report_dir)
+        sections += lines
+        statuses.append(status)
+    head = [
+        "# miniattn — reproduction report",
+        "",
+        "Reproduction of Snell et al., *Approximating How Single Head Attention Learns* "
+        "(arXiv 2103.07601) with NumPy models written from scratch. Generated by "
+        "`python -m analysis.report` from the result files under "
+        f"`{os.path.relpath(results, report_dir)}/` only: every number below is read from the result "
+        "file linked in its row; nothing is recomputed. Regenerate everything with `make reproduce` "
+        "(paper-scale seeds and sizes: `make reproduce FULL=1`).",
+        "",
+        "| Experiment | State | Claims holding | Profile | Compute time |",
+        "|---|---|---|---|---|",
+    ]
+    for st in statuses:
+        head.append(f"| {_escape(st['title'])} | {st['state']} | {st['holds']} | {st['profile']} | "
+                    f"{st['time']} |")
+    head.append("")
+    return "\n".join(head + sections).rstrip() + "\n"
+
+
+def build_report(results: str | os.PathLike | None = None,
+                 out: str | os.PathLike = "REPORT.md") -> Path:
+    """Render the report and write it atomically to ``out``; returns the path."""
+    out = Path(out)
+    text = render_report(results, out.parent if str(out.parent) else ".")
+    return atomic_write_text(out, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m analysis.report [--results DIR] [--out REPORT.md]``."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--results", default=None, help="results root (default ./results)")
+    parser.add_argument("--out", default="REPORT.md")
+    args = parser.parse_args(argv)
+    path = build_report(args.results, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

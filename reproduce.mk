@@ -1,0 +1,77 @@
+# reproduce.mk — the file-based DAG of `make reproduce` (included from the Makefile).
+#
+#   results/<id>/summary.json    <- compute step  (python -m analysis.experiments.<module> compute)
+#   results/figures/.<id>.plotted <- plot step    (writes results/figures/<id>_*.png, then the stamp)
+#   REPORT.md                     <- every summary and every figure (python -m analysis.report)
+#
+# Profiles: default (fast, scaled down: the whole pipeline < 15 min on 2 cores) and FULL=1 (paper
+# scale). The profile is part of every result's config hash, and results/.profile records the last
+# one used: switching profiles makes every compute step rerun, and the runs recompute because their
+# hashes differ. Switching back reuses nothing either (the files were overwritten) — keep a copy of
+# results/ if you need both.
+#
+# Rerunning with nothing changed does nothing (make sees every file up to date). Every result and
+# figure is written atomically (temp file + rename) and a sweep writes each run as it finishes, so
+# killing make midway and rerunning recomputes only unfinished runs and never leaves a half-written
+# file. Parallelism inside a sweep: JOBS=n (default: all cores), EXECUTOR=serial|process|dask,
+# SCHEDULER=tcp://host:port for dask.
+#
+# Targets: reproduce (= REPORT.md), repro-results, repro-figures, repro-<id> (one experiment),
+# repro-clean-results. Standalone use: make -f reproduce.mk reproduce (PY, VENV default as in the Makefile).
+
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+RESULTS ?= results
+
+REPRO_PROFILE := $(if $(filter 1 true yes,$(FULL)),full,default)
+
+# id:module, in the order the report lists them. Only experiments whose module exists take part, so
+# the pipeline works while experiments are still being added (the report lists the others as missing).
+REPRO_ALL := e1:e1_toy e2:e2_two_stages e3:e3_agreement e4:e4_copy e5:e5_phase e6:e6_multihead \
+             e7:e7_reduced_vs_sim
+REPRO_EXPS := $(foreach e,$(REPRO_ALL),$(if $(wildcard analysis/experiments/$(word 2,$(subst :, ,$(e))).py),$(e)))
+REPRO_IDS := $(foreach e,$(REPRO_EXPS),$(word 1,$(subst :, ,$(e))))
+
+# Code every experiment depends on. A change here reruns the compute steps, which recompute only
+# runs whose config changed (bump an experiment's CODE_VERSION to force recomputation).
+REPRO_COMMON := analysis/experiments/common.py analysis/experiments/__init__.py
+
+REPRO_SUMMARIES := $(foreach i,$(REPRO_IDS),$(RESULTS)/$(i)/summary.json)
+REPRO_PLOTTED := $(foreach i,$(REPRO_IDS),$(RESULTS)/figures/.$(i).plotted)
+
+.PHONY: reproduce repro repro-results repro-figures repro-clean-results FORCE-PROFILE $(addprefix repro-,$(REPRO_IDS))
+
+reproduce: $(VENV)/.installed REPORT.md
+
+repro: REPORT.md
+
+repro-results: $(REPRO_SUMMARIES)
+repro-figures: $(REPRO_PLOTTED)
+
+# Rewritten only when the profile changes, so its timestamp marks the last profile switch.
+$(RESULTS)/.profile: FORCE-PROFILE
+	@mkdir -p $(RESULTS)
+	@echo $(REPRO_PROFILE) | cmp -s - $@ || { echo $(REPRO_PROFILE) > $@; echo "profile: $(REPRO_PROFILE)"; }
+
+define REPRO_RULES
+$(RESULTS)/$(1)/summary.json: analysis/experiments/$(2).py $(REPRO_COMMON) $(RESULTS)/.profile | $(VENV)/.installed
+	$(PY) -m analysis.experiments.$(2) compute --profile $(REPRO_PROFILE) --results $(RESULTS)
+	@touch $$@
+
+$(RESULTS)/figures/.$(1).plotted: $(RESULTS)/$(1)/summary.json analysis/plotting.py analysis/experiments/$(2).py | $(VENV)/.installed
+	$(PY) -m analysis.experiments.$(2) plot --results $(RESULTS)
+	@mkdir -p $(RESULTS)/figures && touch $$@
+
+repro-$(1): $(RESULTS)/figures/.$(1).plotted
+endef
+$(foreach e,$(REPRO_EXPS),$(eval $(call REPRO_RULES,$(word 1,$(subst :, ,$(e))),$(word 2,$(subst :, ,$(e))))))
+
+REPORT.md: $(REPRO_SUMMARIES) $(REPRO_PLOTTED) analysis/report.py | $(VENV)/.installed
+	$(PY) -m analysis.report --results $(RESULTS) --out $@
+
+# A finished result is never deleted by make, even if make is interrupted while a later step runs;
+# the Python side guarantees it is complete (atomic writes).
+.PRECIOUS: $(RESULTS)/%/summary.json $(RESULTS)/figures/.%.plotted $(RESULTS)/.profile
+
+repro-clean-results: ## delete every result, figure and REPORT.md (forces a full recompute)
+	rm -rf $(RESULTS) REPORT.md
