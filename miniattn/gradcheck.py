@@ -191,14 +191,19 @@ def check_directional(func: Callable, vjp: Callable, inputs: Mapping[str, object
                       rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> GradcheckReport:
     """Random-direction check ``⟨J v, c⟩ ≈ ⟨v, Jᵀ c⟩``: two evaluations per direction, any size.
 
-    ``J v`` is the central difference of ``⟨c, func⟩`` along a random unit-variance direction ``v``
-    that perturbs every input in ``wrt`` at once. The report has one entry per direction.
+    ``J v`` is the central difference of ``⟨c, func⟩`` along a random direction ``v`` that perturbs
+    every input in ``wrt`` at once. ``v`` is normalised to unit norm over all inputs together, so
+    that ``h`` is the actual step length whatever the number of elements (a unit-variance direction
+    over N elements would step ``h·√N`` and the O(step²) truncation error would grow with N). The
+    report has one entry per direction.
     """
     inputs, upstream, wrt = _resolve(func, inputs, rng, upstream, wrt)
     analytic = vjp(upstream, **inputs)
     report = GradcheckReport(rtol=rtol, atol=atol)
     for j in range(n_directions):
         directions = {k: rng.standard_normal(np.shape(inputs[k])) for k in wrt}
+        norm = np.sqrt(sum(float(np.sum(d * d)) for d in directions.values()))
+        directions = {k: d / norm for k, d in directions.items()} if norm > 0 else directions
         predicted = sum(float(np.sum(np.asarray(analytic[k], dtype=np.float64) * directions[k]))
                         for k in wrt if analytic.get(k) is not None)
         shifted = {**inputs}
