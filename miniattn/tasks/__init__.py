@@ -1,0 +1,88 @@
+"""Tasks: data generators and text loaders that produce :mod:`miniattn.batch` batches.
+
+Every task (and every text dataset) has the same interface, so that training and analysis code does
+not need to know where its data come from::
+
+    batch = task.sample(rng, batch_size)    # fresh samples; rng is a numpy.random.Generator
+
+and the attributes ``input_vocab_size``, ``output_vocab_size``, ``source_length``,
+``target_length``, ``pad_id`` and, for sequence-to-sequence tasks, ``bos_id`` and ``eos_id``.
+Batches always have the full width ``source_length`` (and ``target_length``), so positional
+parameters sized from these attributes fit every batch.
+
+Modules
+-------
+copy         :class:`CopyTask` (permutation / subset / replacement copying)
+keyword      :class:`KeywordClassificationTask` (Zipf filler with planted label words)
+translation  :class:`TranslationTask` (random bilingual lexicon with a ground-truth alignment)
+text         :class:`Vocabulary`, :func:`tokenize`, :func:`load_classification_file`,
+             :func:`load_parallel_files` and the datasets they return
+
+Randomness comes only from the ``numpy.random.Generator`` passed in; nothing here touches NumPy's
+global random state.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+# The argument checks below are shared by every task module. They are defined before the submodules
+# are imported (at the bottom of this file) so that ``from miniattn.tasks import _check_int`` works
+# inside those submodules while this package is still initialising.
+
+
+def _check_generator(rng, name: str = "rng") -> np.random.Generator:
+    """Return ``rng`` if it is a ``numpy.random.Generator``; otherwise raise a ``TypeError``.
+
+    A legacy ``RandomState`` or an integer seed is refused on purpose: every random draw must come
+    from a Generator that the caller seeded (from a ``SeedSequence``), never from global state.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name} must be a numpy.random.Generator (e.g. np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    return rng
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """Return ``value`` as a Python int in ``[low, high]`` (``high`` None = unbounded), or raise.
+
+    Booleans are refused (``True`` is an int in Python, but never a meaningful size).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        upper = "inf)" if high is None else f"{high}]"
+        raise ValueError(f"{name} must lie in [{low}, {upper}, got {value}")
+    return value
+
+
+def _check_prob(name: str, value) -> float:
+    """Return ``value`` as a float probability in ``[0, 1]``, or raise naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+from miniattn.tasks.copy import CopyTask  # noqa: E402
+from miniattn.tasks.keyword import KeywordClassificationTask  # noqa: E402
+from miniattn.tasks.text import (  # noqa: E402
+    ClassificationDataset,
+    ParallelDataset,
+    Vocabulary,
+    load_classification_file,
+    load_parallel_files,
+    tokenize,
+)
+from miniattn.tasks.translation import TranslationTask  # noqa: E402
+
+__all__ = [
+    "CopyTask", "KeywordClassificationTask", "TranslationTask",
+    "Vocabulary", "tokenize", "load_classification_file", "load_parallel_files",
+    "ClassificationDataset", "ParallelDataset",
+]
