@@ -5,10 +5,10 @@
 #   REPORT.md                     <- every summary and every figure (python -m analysis.report)
 #
 # Profiles: default (fast, scaled down: the whole pipeline < 15 min on 2 cores) and FULL=1 (paper
-# scale). The profile is part of every result's config hash, and results/.profile records the last
-# one used: switching profiles makes every compute step rerun, and the runs recompute because their
-# hashes differ. Switching back reuses nothing either (the files were overwritten) — keep a copy of
-# results/ if you need both.
+# scale). The profile is part of every summary's config hash, and results/.profile records the last
+# one used: switching profiles reruns every compute step. Each run is keyed by the hash of its own
+# config (sizes, seeds, steps, code version), so a run that is identical in both profiles is computed
+# once and shared, and runs that differ have different names and never overwrite each other.
 #
 # Rerunning with nothing changed does nothing (make sees every file up to date). Every result and
 # figure is written atomically (temp file + rename) and a sweep writes each run as it finishes, so

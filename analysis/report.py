@@ -99,7 +99,7 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     lines = [f"## {info.title}", ""]
     status = {"id": info.id, "title": info.title, "state": "missing", "holds": "–", "profile": "–",
               "time": "–"}
-    make_cmd = f"make {os.path.relpath(path, report_dir)}"
+    make_cmd = f"make repro-{info.id}"
     if not path.is_file():
         lines += [f"**Missing**: no result file `{os.path.relpath(path, report_dir)}`. "
                   f"This experiment has not been run (or is not implemented yet). "

@@ -137,3 +137,18 @@ def test_save_figure_writes_png_atomically(tmp_path):
         P.save_figure(fig, "a/b", root=tmp_path)
     with pytest.raises(ValueError, match="curves"):
         P.band_from_runs([])
+
+
+def test_e1_pipeline_end_to_end(tmp_path):
+    """E1 is cheap enough to run for real: compute, reuse, plot, report."""
+    from analysis.experiments import e1_toy
+
+    s = e1_toy.compute("default", root=tmp_path)
+    assert s["claims"] and all(isinstance(c["holds"], bool) for c in s["claims"])
+    before = (tmp_path / "e1" / "runs" / "wrong.json").stat().st_mtime_ns
+    e1_toy.compute("default", root=tmp_path)  # up to date: runs reused, not rewritten
+    assert (tmp_path / "e1" / "runs" / "wrong.json").stat().st_mtime_ns == before
+    paths = e1_toy.plot(root=tmp_path)
+    assert all(p.is_file() for p in paths)
+    text = R.render_report(tmp_path, tmp_path)
+    assert "| p(τ=1) from the blog start" in text and "![e1_toy](figures/e1_toy.png)" in text
