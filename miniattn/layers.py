@@ -130,6 +130,16 @@ class AttentionGrads(NamedTuple):
     score_matrix: np.ndarray | None
 
 
+def _key_mask(mask, B: int, S: int) -> np.ndarray:
+    """Validate a (B, S) key mask: boolean, and at least one attendable key in every batch row."""
+    mask = bool_array("mask", mask, (B, S))
+    if not np.all(mask.any(axis=1)):
+        bad = np.flatnonzero(~mask.any(axis=1))
+        raise ValueError(f"mask has rows with every key masked (batch rows {bad[:5].tolist()}); "
+                         "attention over no keys is undefined")
+    return mask
+
+
 def attention_forward(queries, keys, values, score_matrix=None, mask=None, uniform: bool = False):
     """Single-head (bilinear or dot-product) attention.
 
@@ -177,11 +187,7 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
             raise ValueError(f"score_matrix must have shape (dq, dk) = {(dq, dk)}, got {score_matrix.shape}")
         projected = queries @ score_matrix
     if mask is not None:
-        mask = bool_array("mask", mask, (B, S))
-        if not np.all(mask.any(axis=1)):
-            bad = np.flatnonzero(~mask.any(axis=1))
-            raise ValueError(f"mask has rows with every key masked (batch rows {bad[:5].tolist()}); "
-                             "attention over no keys is undefined")
+        mask = _key_mask(mask, B, S)
     if uniform:
         scores = np.zeros((B, T, S), dtype=result_dtype(queries, keys))
     else:
@@ -307,8 +313,9 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     projected_q = np.einsum("btq,hqk->hbtk", queries, Ws).reshape(H * B, T, -1)
     projected_v = np.einsum("bsv,hvo->hbso", values, Ps).reshape(H * B, S, -1)
     stacked_keys = np.broadcast_to(keys, (H,) + keys.shape).reshape(H * B, S, -1)
+    # Checked here, before stacking, so that an error names batch rows, not stacked head-batch rows.
     stacked_mask = None if mask is None else np.broadcast_to(
-        bool_array("mask", mask, (B, S)), (H, B, S)).reshape(H * B, S)
+        _key_mask(mask, B, S), (H, B, S)).reshape(H * B, S)
     head_context, head_cache = attention_forward(projected_q, stacked_keys, projected_v,
                                                  mask=stacked_mask, uniform=uniform)
     context = head_context.reshape(H, B, T, -1).mean(axis=0)
