@@ -1,0 +1,408 @@
+"""Sequence-to-sequence attention model without recurrence (SPEC §4): embedding, attention, softmax.
+
+The encoder state of a source position is its token embedding plus a learned positional embedding;
+the decoder state of an output position is the embedding of the previous gold token (teacher forcing)
+plus a positional embedding. Each decoder state attends over the encoder states with a bilinear
+("general") score, and the output is an affine softmax of the decoder state concatenated with the
+context. Composed from :mod:`miniattn.layers` (``embedding_*``, ``attention_*`` or
+``multihead_attention_*``, ``softmax_output_*``).
+
+Equations (one example; source x_1..x_S with mask m, decoder inputs y_0..y_{T−1})::
+
+    h_s       = E_src[x_s] + P_src[s]                         encoder states (B, S, d)
+    q_t       = E_tgt[y_{t−1}] + P_tgt[t]                     decoder states (B, T, d)
+    score_ts  = q_t W_a h_s                                   (uniform twin: score := 0)
+    α_t       = softmax over {s : m_s} of score_t·
+    v_s       = h_s            or  h_s W_v   (value_projection)
+    c_t       = Σ_s α_ts v_s
+    log p_t   = log_softmax([q_t ; c_t] W_o + b)
+    loss      = −(1/N) Σ_{(b,t) counted} log p_bt[y_bt]       N = number of counted targets
+
+With ``heads = H > 1`` each head h has its own ``W_a^h`` and ``W_v^h`` and the contexts are averaged,
+``c_t = (1/H) Σ_h Σ_s α^h_ts h_s W_v^h`` (:func:`miniattn.layers.multihead_attention_forward`).
+
+Parameters (``model.params``)::
+
+    "embed"                (V, d)      one table for source and target (shared_embeddings)
+    "src_embed"/"tgt_embed" (V_src, d), (V_tgt, d)   separate tables otherwise
+    "src_pos"              (source_length, d)       P_src
+    "tgt_pos"              (target_length, d)       P_tgt
+    "score"                (d, d)  or (H, d, d)     W_a (per head)
+    "value"                (d, d)  or (H, d, d)     W_v (per head), only with value_projection
+    "out_W"                (2d, C)                  W_o; rows [:d] read q_t, rows [d:] read c_t
+    "out_b"                (C,)                     b
+
+Initialisation: every weight is drawn i.i.d. from N(0, init_scale²), default ``init_scale = 1/√d``,
+and ``out_b`` starts at 0. With that default an embedding row has norm ≈ 1 and each d×d matrix
+roughly preserves norms, so the initial scores are O(1/√d) — attention starts near uniform, as the
+two-stage account assumes — while the signal through W_o is large enough that learning starts at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from miniattn._validate import bool_array, float_array, int_array
+from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
+                             embedding_forward, log_softmax, multihead_attention_backward,
+                             multihead_attention_forward, softmax_output_backward,
+                             softmax_output_forward)
+from miniattn.models.base import ForwardResult
+
+__all__ = ["Seq2SeqAttention"]
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _optional_bool(name: str, value) -> bool | None:
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool or None, got {value!r}")
+    return None if value is None else bool(value)
+
+
+def _pairwise_logsumexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``out[n, t, s] = log Σ_c exp(a[n, t, c] + b[n, s, c])`` without forming the (N, T, S, C) sum.
+
+    ``Σ_c exp(a_c + b_c) = e^{max a} e^{max b} Σ_c exp(a_c − max a) exp(b_c − max b)``, and the last
+    sum is a batched matrix product of two factors in (0, 1]. It can underflow only when the two
+    maxima sit at different classes and the logits are extreme; those few entries (sum below
+    √tiny, where precision could be lost) are recomputed exactly with the ordinary max shift.
+    """
+    ma = np.max(a, axis=-1, keepdims=True)
+    mb = np.max(b, axis=-1, keepdims=True)
+    total = np.exp(a - ma) @ np.exp(b - mb).transpose(0, 2, 1)
+    small = total < np.sqrt(np.finfo(total.dtype).tiny)
+    out = ma + mb.transpose(0, 2, 1) + np.log(np.where(small, 1.0, total))
+    if np.any(small):
+        n, t, s = np.nonzero(small)
+        z = a[n, t] + b[n, s]                                           # (K, C), K small
+        mz = np.max(z, axis=-1)
+        out[n, t, s] = mz + np.log(np.sum(np.exp(z - mz[:, None]), axis=-1))
+    return out
+
+
+class Seq2SeqAttention:
+    """Attention-only sequence-to-sequence model (copying, translation).
+
+    Parameters
+    ----------
+    source_vocab, target_vocab : int >= 1 (target_vocab >= 2)
+        Source ids lie in ``[0, source_vocab)``; decoder inputs and gold outputs in
+        ``[0, target_vocab)`` (C = target_vocab output classes). Padding ids must be in range too.
+    source_length, target_length : int >= 1
+        Maximum source length S and output length T (sizes of the positional tables).
+    dim : int >= 1, default 64
+        Model width d.
+    heads : int >= 1, default 1
+        Number of attention heads H; contexts of the heads are averaged.
+    shared_embeddings : bool, optional
+        One embedding table for source and target (``"embed"``). Default: True when the vocabularies
+        have the same size, else separate tables (``"src_embed"``, ``"tgt_embed"``). Sharing requires
+        equal sizes.
+    value_projection : bool, optional
+        Pass encoder states through a learned value matrix (one per head) before averaging.
+        Default: False for one head, True for ``heads > 1``. With ``heads > 1`` and
+        ``value_projection=False`` every head's values are the states themselves (a fixed identity).
+    uniform : bool, default False
+        Uniform-attention twin: scores forced to 0 before masking; ``"score"`` gets zero gradient.
+    init_scale : float > 0, optional
+        Standard deviation of the normal initialisation of every weight; default ``1/√dim``.
+    rng : numpy.random.Generator
+        Source of the initial parameters (keyword-only, required).
+    dtype : float32 or float64, default float64
+        Parameter dtype. float32 is an opt-in speed path: every intermediate stays float32.
+
+    Attributes
+    ----------
+    params : dict of name -> array
+        See the module docstring for names and shapes.
+    uniform : bool
+    """
+
+    def __init__(self, source_vocab: int, target_vocab: int, source_length: int, target_length: int, *,
+                 dim: int = 64, heads: int = 1, shared_embeddings: bool | None = None,
+                 value_projection: bool | None = None, uniform: bool = False,
+                 init_scale: float | None = None, rng: np.random.Generator, dtype=np.float64):
+        self.source_vocab = _positive_int("source_vocab", source_vocab)
+        self.target_vocab = _positive_int("target_vocab", target_vocab, minimum=2)
+        self.source_length = _positive_int("source_length", source_length)
+        self.target_length = _positive_int("target_length", target_length)
+        self.dim = _positive_int("dim", dim)
+        self.heads = _positive_int("heads", heads)
+        shared = _optional_bool("shared_embeddings", shared_embeddings)
+        if shared is None:
+            shared = self.source_vocab == self.target_vocab
+        elif shared and self.source_vocab != self.target_vocab:
+            raise ValueError(f"shared_embeddings=True needs source_vocab == target_vocab, got "
+                             f"{self.source_vocab} and {self.target_vocab}")
+        self.shared_embeddings = shared
+        vp = _optional_bool("value_projection", value_projection)
+        self.value_projection = (self.heads > 1) if vp is None else vp
+        if not isinstance(uniform, (bool, np.bool_)):
+            raise TypeError(f"uniform must be a bool, got {uniform!r}")
+        self.uniform = bool(uniform)
+        scale = 1.0 / np.sqrt(self.dim) if init_scale is None else float(init_scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"init_scale must be a finite float > 0 (or None for 1/sqrt(dim)), got {init_scale}")
+        self.init_scale = float(scale)
+        self._init_scale_arg = None if init_scale is None else self.init_scale
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be float32 or float64, got {dt}")
+        self.dtype = dt
+
+        d, H = self.dim, self.heads
+
+        def normal(*shape):
+            # Drawn in float64 and cast, so float32 and float64 models from one seed agree.
+            return (self.init_scale * rng.standard_normal(shape)).astype(dt)
+
+        p: dict[str, np.ndarray] = {}
+        if shared:
+            p["embed"] = normal(self.source_vocab, d)
+        else:
+            p["src_embed"] = normal(self.source_vocab, d)
+            p["tgt_embed"] = normal(self.target_vocab, d)
+        p["src_pos"] = normal(self.source_length, d)
+        p["tgt_pos"] = normal(self.target_length, d)
+        head_shape = (d, d) if H == 1 else (H, d, d)
+        p["score"] = normal(*head_shape)
+        if self.value_projection:
+            p["value"] = normal(*head_shape)
+        p["out_W"] = normal(2 * d, self.target_vocab)
+        p["out_b"] = np.zeros(self.target_vocab, dtype=dt)
+        self.params = p
+
+    # ----------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """Constructor keyword arguments (JSON-serialisable), to rebuild the model from a checkpoint."""
+        return {"source_vocab": self.source_vocab, "target_vocab": self.target_vocab,
+                "source_length": self.source_length, "target_length": self.target_length,
+                "dim": self.dim, "heads": self.heads, "shared_embeddings": self.shared_embeddings,
+                "value_projection": self.value_projection, "uniform": self.uniform,
+                "init_scale": self._init_scale_arg, "dtype": self.dtype.name}
+
+    def _tables(self):
+        p = self.params
+        if self.shared_embeddings:
+            return p["embed"], p["embed"]
+        return p["src_embed"], p["tgt_embed"]
+
+    def _value_matrices(self):
+        """(H, d, d) value matrices for the multi-head block (a fixed identity without projection)."""
+        if self.value_projection:
+            return self.params["value"]
+        return np.broadcast_to(np.eye(self.dim, dtype=self.dtype), (self.heads, self.dim, self.dim))
+
+    def _check_batch(self, batch, need_targets: bool):
+        """Validate a Seq2SeqBatch; return (source, source_mask, target_in, target_out, target_mask)."""
+        for field in ("source", "source_mask", "target_in", "target_out", "target_mask"):
+            if not hasattr(batch, field):
+                raise TypeError(f"batch must be a Seq2SeqBatch, got {type(batch).__name__} without {field!r}")
+        source = int_array("batch.source", batch.source, upper=self.source_vocab, ndim=2)
+        B, S = source.shape
+        if S > self.source_length:
+            raise ValueError(f"batch.source has length {S}; the model's source_length allows at most "
+                             f"{self.source_length}")
+        source_mask = bool_array("batch.source_mask", batch.source_mask, (B, S))
+        if not np.all(source_mask.any(axis=1)):
+            bad = np.flatnonzero(~source_mask.any(axis=1))
+            raise ValueError(f"batch.source_mask has rows with no real source token (rows {bad[:5].tolist()})")
+        target_in = int_array("batch.target_in", batch.target_in, upper=self.target_vocab, ndim=2)
+        if target_in.shape[0] != B:
+            raise ValueError(f"batch.target_in must have B={B} rows like batch.source, got shape {target_in.shape}")
+        T = target_in.shape[1]
+        if T > self.target_length:
+            raise ValueError(f"batch.target_in has length {T}; the model's target_length allows at most "
+                             f"{self.target_length}")
+        target_out = target_mask = None
+        if need_targets:
+            target_mask = bool_array("batch.target_mask", batch.target_mask, (B, T))
+            if not target_mask.any():
+                raise ValueError("batch.target_mask must count at least one output position")
+            target_out = np.asarray(batch.target_out)
+            if target_out.dtype.kind not in "iu":
+                raise TypeError(f"batch.target_out must be an integer array, got dtype {target_out.dtype}")
+            if target_out.shape != (B, T):
+                raise ValueError(f"batch.target_out must have shape (B, T) = {(B, T)}, got {target_out.shape}")
+            int_array("batch.target_out (where target_mask is True)", target_out[target_mask],
+                      upper=self.target_vocab)
+            target_out = np.where(target_mask, target_out, 0)   # padding may hold any id
+        return source, source_mask, target_in, target_out, target_mask
+
+    def _hidden(self, source, source_mask, target_in, scale=None):
+        """Encoder, decoder states and attention. Returns [q ; c] (B, T, 2d) and the caches."""
+        p = self.params
+        src_table, tgt_table = self._tables()
+        S, T = source.shape[1], target_in.shape[1]
+        emb_src, cache_src = embedding_forward(source, src_table)
+        h = emb_src + p["src_pos"][:S]                       # new array (B, S, d)
+        if scale is not None:
+            h *= scale[..., None]
+        emb_tgt, cache_tgt = embedding_forward(target_in, tgt_table)
+        q = emb_tgt + p["tgt_pos"][:T]                       # new array (B, T, d)
+        if self.heads == 1:
+            values = h @ p["value"] if self.value_projection else h
+            context, att = attention_forward(q, h, values, p["score"], mask=source_mask, uniform=self.uniform)
+        else:
+            context, att = multihead_attention_forward(q, h, h, p["score"], self._value_matrices(),
+                                                       mask=source_mask, uniform=self.uniform)
+        hidden = np.concatenate([q, context], axis=-1)
+        return hidden, (cache_src, cache_tgt, h, q, att)
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, batch, *, source_scale=None) -> ForwardResult:
+        """Log-probabilities of every output class at every position, and the attention weights.
+
+        Parameters
+        ----------
+        batch : Seq2SeqBatch
+            ``target_out``/``target_mask`` are not needed (teacher forcing uses ``target_in``).
+        source_scale : float array (B, S), optional
+            Multiplies each encoder state ``h_s`` (scores and values alike); default 1. The saliency
+            is the derivative of ``forward`` in this scale.
+
+        Returns
+        -------
+        ForwardResult
+            ``log_probs`` (B, T, C); ``attention`` (B, T, S), or (H, B, T, S) with ``heads > 1``.
+        """
+        source, source_mask, target_in, _, _ = self._check_batch(batch, need_targets=False)
+        scale = None
+        if source_scale is not None:
+            scale = float_array("source_scale", source_scale, ndim=2).astype(self.dtype, copy=False)
+            if scale.shape != source.shape:
+                raise ValueError(f"source_scale must have the source's shape (B, S) = {source.shape}, "
+                                 f"got {scale.shape}")
+        hidden, (_, _, _, _, att) = self._hidden(source, source_mask, target_in, scale)
+        log_probs = log_softmax(hidden @ self.params["out_W"] + self.params["out_b"])
+        return ForwardResult(log_probs, att.weights)
+
+    def loss_and_grads(self, batch) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy over the counted targets and its gradient for every parameter.
+
+        Backward chain: softmax output → split ``[dq ; dc]`` → attention backward (queries, keys,
+        values, score and value matrices) → positional tables (sum over the batch) and embedding
+        tables (scatter-add; a shared table receives both the source and the target gradient).
+
+        Returns
+        -------
+        loss : float
+        grads : dict name -> array, keyed and shaped like ``params``.
+        """
+        source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
+        p, d = self.params, self.dim
+        hidden, (cache_src, cache_tgt, h, _, att) = self._hidden(source, source_mask, target_in)
+        loss, out_cache = softmax_output_forward(hidden, p["out_W"], p["out_b"], target_out, target_mask)
+        g_out = softmax_output_backward(1.0, out_cache)
+        dq, dcontext = g_out.hidden[..., :d], g_out.hidden[..., d:]
+        grads = {"out_W": g_out.weight, "out_b": g_out.bias}
+        if self.heads == 1:
+            g = attention_backward(dcontext, att)
+            grads["score"] = g.score_matrix
+            if self.value_projection:
+                grads["value"] = h.reshape(-1, d).T @ g.values.reshape(-1, d)
+                dh = g.keys + g.values @ p["value"].T
+            else:
+                dh = g.keys + g.values
+        else:
+            g = multihead_attention_backward(dcontext, att)
+            grads["score"] = g.score_matrices
+            if self.value_projection:
+                grads["value"] = g.value_matrices
+            dh = g.keys + g.values
+        dq = dq + g.queries
+        S, T = source.shape[1], target_in.shape[1]
+        grads["src_pos"] = np.zeros_like(p["src_pos"], dtype=dh.dtype)
+        grads["src_pos"][:S] = dh.sum(axis=0)
+        grads["tgt_pos"] = np.zeros_like(p["tgt_pos"], dtype=dq.dtype)
+        grads["tgt_pos"][:T] = dq.sum(axis=0)
+        d_src_table = embedding_backward(dh, cache_src)
+        d_tgt_table = embedding_backward(dq, cache_tgt)
+        if self.shared_embeddings:
+            grads["embed"] = d_src_table + d_tgt_table
+        else:
+            grads["src_embed"], grads["tgt_embed"] = d_src_table, d_tgt_table
+        return loss, {k: grads[k] for k in p}
+
+    # ----------------------------------------------------------------------------------------------
+    def ktiw_probe(self, batch) -> np.ndarray:
+        """KTIW probe β: log-probability of the gold output if the context were source position s alone.
+
+        ``β[b,t,s] = log_softmax([q_t ; v̄_s] W_o + b)[y_t]`` where ``v̄_s`` is what attending only to
+        s would put in the context: ``h_s``, ``h_s W_v``, or with heads the head average
+        ``(1/H) Σ_h h_s W_v^h = h_s · mean_h W_v^h`` (the values are linear in h_s). The logits split
+        as ``(q_t W_o[:d] + b) + v̄_s W_o[d:]``, so the (B, T, S, C) logits are never materialised
+        (see :func:`_pairwise_logsumexp`).
+
+        Returns
+        -------
+        beta : array (B, T, S)
+            NaN at masked source positions and at uncounted output positions.
+        """
+        source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
+        p, d = self.params, self.dim
+        _, (_, _, h, q, _) = self._hidden(source, source_mask, target_in)
+        if self.value_projection:
+            P = p["value"] if self.heads == 1 else p["value"].mean(axis=0)
+            v = h @ P
+        else:
+            v = h
+        from_q = q @ p["out_W"][:d] + p["out_b"]                 # (B, T, C)
+        from_v = v @ p["out_W"][d:]                              # (B, S, C)
+        B, T = target_out.shape
+        gold_q = np.take_along_axis(from_q, target_out[..., None], axis=-1)            # (B, T, 1)
+        gold_v = from_v.transpose(0, 2, 1)[np.arange(B)[:, None], target_out]          # (B, T, S)
+        beta = gold_q + gold_v - _pairwise_logsumexp(from_q, from_v)
+        return np.where(source_mask[:, None, :] & target_mask[:, :, None], beta, np.nan)
+
+    def saliency(self, batch) -> np.ndarray:
+        """Gradient × input saliency Δ of each gold log-probability with respect to each source scale.
+
+        Scale encoder state s by λ_s (``h_s → λ_s h_s``: scores and values alike). Output position t
+        sees the source only through its own attention row, so with ``score_ts`` linear in λ_s,
+        ``g_t = ∂ log p(y_t)/∂c_t = (onehot(y_t) − p_t) W_o[d:]ᵀ`` and ``e_ts = g_t · v_s``::
+
+            ∂c_t/∂λ_s = α_ts v_s + α_ts score_ts (v_s − c_t)
+            Δ_ts      = α_ts [ e_ts + score_ts (e_ts − Σ_r α_tr e_tr) ]
+
+        (``score := 0`` in the uniform twin, whose attention does not move). With heads, Δ is the
+        average over heads of the same expression with each head's α, scores and values. Computed
+        for all (t, s) at once, with no sum over t.
+
+        Returns
+        -------
+        delta : array (B, T, S)
+            NaN at masked source positions and at uncounted output positions.
+        """
+        source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
+        p, d = self.params, self.dim
+        hidden, (_, _, h, _, att) = self._hidden(source, source_mask, target_in)
+        # onehot(y) − p, the gradient of log p(y) with respect to the logits
+        dlogits = -np.exp(log_softmax(hidden @ p["out_W"] + p["out_b"]))
+        np.put_along_axis(dlogits, target_out[..., None],
+                          np.take_along_axis(dlogits, target_out[..., None], axis=-1) + 1.0, axis=-1)
+        g = dlogits @ p["out_W"][d:].T                                                  # (B, T, d)
+        if self.heads == 1:
+            cache = att
+        else:
+            cache = att.head_cache                      # the heads stacked along the batch axis
+            g = np.broadcast_to(g, (self.heads,) + g.shape).reshape((-1,) + g.shape[1:])
+        alpha = cache.weights                                                           # (HB, T, S)
+        e = g @ cache.values.transpose(0, 2, 1)                                         # (HB, T, S)
+        delta = alpha * e
+        if not self.uniform:
+            scores = cache.projected_queries @ cache.keys.transpose(0, 2, 1)
+            e_bar = np.sum(alpha * e, axis=-1, keepdims=True)
+            delta += alpha * scores * (e - e_bar)
+        if self.heads > 1:
+            delta = delta.reshape((self.heads,) + target_out.shape + (source.shape[1],)).mean(axis=0)
+        return np.where(source_mask[:, None, :] & target_mask[:, :, None], delta, np.nan)
