@@ -68,8 +68,9 @@ class SGD:
             p -= self.lr * g
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        # Copies: a state kept in memory (the last finite checkpoint) must not follow later steps.
         state = {"t": np.array(self.t)}
-        state.update({f"velocity/{k}": v for k, v in self.velocity.items()})
+        state.update({f"velocity/{k}": v.copy() for k, v in self.velocity.items()})
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
@@ -121,9 +122,10 @@ class Adam:
             p -= self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        # Copies: a state kept in memory (the last finite checkpoint) must not follow later steps.
         state = {"t": np.array(self.t)}
-        state.update({f"m/{k}": a for k, a in self.m.items()})
-        state.update({f"v/{k}": a for k, a in self.v.items()})
+        state.update({f"m/{k}": a.copy() for k, a in self.m.items()})
+        state.update({f"v/{k}": a.copy() for k, a in self.v.items()})
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
