@@ -1,0 +1,277 @@
+"""Tests of the hand-written optimisers (:mod:`miniattn.optim`).
+
+SGD (plain and heavy-ball momentum) and Adam are compared with updates worked out by hand for a few
+steps, and with an independent scalar re-implementation of the textbook rules on generated
+gradients; defaults are the standard ones (Adam: lr 1e-3, betas 0.9/0.999, eps 1e-8); a checkpoint
+(state_dict -> .npz -> load_state_dict into a fresh optimiser) resumes bit-identically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from miniattn.optim import SGD, Adam, make_optimizer
+from strategies import assert_unchanged, dims, float_arrays, seeds, snapshot
+
+
+def params_pair():
+    return {"W": np.array([[1.0, -2.0], [0.5, 3.0]]), "b": np.array([0.25])}
+
+
+# --------------------------------------------------------------------------------------------------
+# SGD against hand computation
+# --------------------------------------------------------------------------------------------------
+
+def test_sgd_three_steps_by_hand():
+    p = {"x": np.array([1.0, -2.0])}
+    opt = SGD(p, lr=0.1)
+    grads = [np.array([0.5, 1.0]), np.array([-0.25, 0.0]), np.array([2.0, -4.0])]
+    # x1 = x0 - 0.1 g1 = [0.95, -2.1];  x2 = [0.975, -2.1];  x3 = [0.775, -1.7]
+    expected = [[0.95, -2.1], [0.975, -2.1], [0.775, -1.7]]
+    x = p["x"]
+    for g, e in zip(grads, expected):
+        opt.step({"x": g})
+        np.testing.assert_allclose(p["x"], e, rtol=1e-15, atol=1e-15)
+    assert p["x"] is x           # updated in place: models keep references to their arrays
+
+
+def test_sgd_momentum_three_steps_by_hand():
+    p = {"x": np.array([1.0])}
+    opt = SGD(p, lr=0.1, momentum=0.9)
+    # v1 = 0.5          x1 = 1 - 0.05  = 0.95
+    # v2 = 0.45 - 0.25 = 0.2    x2 = 0.95 - 0.02 = 0.93
+    # v3 = 0.18 + 2.0  = 2.18   x3 = 0.93 - 0.218 = 0.712
+    for g, v, x in [(0.5, 0.5, 0.95), (-0.25, 0.2, 0.93), (2.0, 2.18, 0.712)]:
+        opt.step({"x": np.array([g])})
+        np.testing.assert_allclose(opt.velocity["x"], [v], rtol=1e-14)
+        np.testing.assert_allclose(p["x"], [x], rtol=1e-14)
+    assert opt.t == 3
+
+
+def sgd_reference(x0, grads, lr, momentum):
+    """Scalar heavy-ball SGD: v <- mu v + g; x <- x - lr v."""
+    x, v = float(x0), 0.0
+    for g in grads:
+        v = momentum * v + g
+        x = x - lr * v
+    return x
+
+
+@given(n_steps=dims(1, 4), lr=st.floats(1e-4, 1.0), momentum=st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+       seed=seeds())
+def test_sgd_matches_scalar_reference(n_steps, lr, momentum, seed):
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    x0 = rng.standard_normal(3)
+    grads = rng.standard_normal((n_steps, 3))
+    p = {"x": x0.copy()}
+    opt = SGD(p, lr=lr, momentum=momentum)
+    for g in grads:
+        opt.step({"x": g})
+    expected = [sgd_reference(x0[i], grads[:, i], lr, momentum) for i in range(3)]
+    np.testing.assert_allclose(p["x"], expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Adam against hand computation
+# --------------------------------------------------------------------------------------------------
+
+def adam_reference(x0, grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Scalar Adam with bias correction (Kingma & Ba, Algorithm 1)."""
+    x, m, v = float(x0), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat = m / (1 - b1 ** t)
+        v_hat = v / (1 - b2 ** t)
+        x = x - lr * m_hat / (math.sqrt(v_hat) + eps)
+    return x
+
+
+def test_adam_defaults():
+    opt = Adam({"x": np.zeros(2)})
+    assert opt.lr == 1e-3 and opt.betas == (0.9, 0.999) and opt.eps == 1e-8
+    assert opt.t == 0
+
+
+def test_adam_first_steps_by_hand_with_defaults():
+    """Step 1: m̂ = g, v̂ = g², so x moves by lr·g/(|g| + eps). With a constant gradient m̂ = g and
+    v̂ = g² at every step (the bias corrections undo the averaging), so each step moves the same."""
+    p = {"x": np.array([1.0, -1.0, 0.0])}
+    g = np.array([0.5, -4.0, 1e-3])
+    opt = Adam(p)
+    step = 1e-3 * g / (np.abs(g) + 1e-8)     # = [1e-3·(1 − 2e-8), −1e-3·(1 − 2.5e-9), 1e-3·(1 − 1e-5)]
+    for k in (1, 2, 3):
+        opt.step({"x": g})
+        np.testing.assert_allclose(p["x"], np.array([1.0, -1.0, 0.0]) - k * step, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_three_steps_by_hand_with_varying_gradient():
+    """lr=0.1, betas (0.5, 0.75), eps=0 on purpose-chosen numbers, worked out on paper:
+
+    g = 1, -1, 2
+    t=1: m = 0.5,   v = 0.25;    m̂ = 1,          v̂ = 1;            x = 0 - 0.1·1        = -0.1
+    t=2: m = -0.25, v = 0.4375;  m̂ = -1/3,       v̂ = 1;            x = -0.1 + 0.1/3     = -0.0666…
+    t=3: m = 0.875, v = 1.328125; m̂ = 0.875/0.875 = 1,  v̂ = 1.328125/0.578125 = 85/37
+         x = -1/15 - 0.1/√(85/37)
+    """
+    p = {"x": np.array([0.0])}
+    opt = Adam(p, lr=0.1, betas=(0.5, 0.75), eps=1e-300)    # eps must be positive; 1e-300 is 0 here
+    opt.step({"x": np.array([1.0])})
+    np.testing.assert_allclose(p["x"], [-0.1], rtol=1e-14)
+    opt.step({"x": np.array([-1.0])})
+    np.testing.assert_allclose(p["x"], [-0.1 + 0.1 / 3], rtol=1e-14)
+    opt.step({"x": np.array([2.0])})
+    np.testing.assert_allclose(p["x"], [-1 / 15 - 0.1 / math.sqrt(85 / 37)], rtol=1e-14)
+    np.testing.assert_allclose([opt.m["x"][0], opt.v["x"][0]], [0.875, 1.328125], rtol=1e-15)
+
+
+@given(n_steps=dims(1, 4), lr=st.floats(1e-5, 0.1), b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
+       eps=st.floats(1e-10, 1e-6), seed=seeds())
+def test_adam_matches_scalar_reference(n_steps, lr, b1, b2, eps, seed):
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    x0 = rng.standard_normal(4)
+    grads = rng.standard_normal((n_steps, 4)) * np.array([1e-3, 1.0, 10.0, 1e-6])
+    p = {"x": x0.copy()}
+    opt = Adam(p, lr=lr, betas=(b1, b2), eps=eps)
+    for g in grads:
+        opt.step({"x": g})
+    expected = [adam_reference(x0[i], grads[:, i], lr, b1, b2, eps) for i in range(4)]
+    np.testing.assert_allclose(p["x"], expected, rtol=1e-12, atol=1e-15)
+
+
+@given(seed=seeds())
+def test_zero_gradient_leaves_fresh_params_unchanged(seed):
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    for opt_cls, kw in [(SGD, {"momentum": 0.9}), (SGD, {}), (Adam, {})]:
+        p = {"x": rng.standard_normal(3)}
+        x0 = p["x"].copy()
+        opt = opt_cls(p, **kw)
+        opt.step({"x": np.zeros(3)})
+        np.testing.assert_array_equal(p["x"], x0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: state_dict / load_state_dict
+# --------------------------------------------------------------------------------------------------
+
+OPTIMISERS = [("sgd", {"lr": 0.05}), ("sgd", {"lr": 0.05, "momentum": 0.9}),
+              ("adam", {}), ("adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6})]
+
+
+def _grad_sequence(seed, n):
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    return [{"W": rng.standard_normal((2, 2)), "b": rng.standard_normal(1)} for _ in range(n)]
+
+
+def _to_npz_and_back(state):
+    """What a checkpoint does: plain arrays through an .npz file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)
+    buffer.seek(0)
+    with np.load(buffer) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("name, kw", OPTIMISERS)
+@given(seed=seeds(), split=st.integers(0, 5))
+def test_resume_from_state_dict_is_bit_identical(name, kw, seed, split):
+    grads = _grad_sequence(seed, 5)
+    straight = params_pair()
+    opt = make_optimizer(name, straight, **kw)
+    for g in grads:
+        opt.step(g)
+
+    first = params_pair()
+    opt1 = make_optimizer(name, first, **kw)
+    for g in grads[:split]:
+        opt1.step(g)
+    params_state = _to_npz_and_back(first)
+    optim_state = _to_npz_and_back(opt1.state_dict())
+    resumed = {k: v.copy() for k, v in params_state.items()}
+    opt2 = make_optimizer(name, resumed, **kw)
+    opt2.load_state_dict(optim_state)
+    assert opt2.t == split
+    for g in grads[split:]:
+        opt2.step(g)
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k])   # bit-identical, not merely close
+    assert_unchanged(snapshot(opt.state_dict()), opt2.state_dict(), "optimiser state")
+
+
+@pytest.mark.parametrize("name, kw", OPTIMISERS)
+def test_state_dict_is_a_snapshot(name, kw):
+    """A state kept in memory (e.g. the last finite checkpoint) must not change as training goes on."""
+    grads = _grad_sequence(11, 4)
+    p = params_pair()
+    opt = make_optimizer(name, p, **kw)
+    opt.step(grads[0])
+    state = opt.state_dict()
+    before = snapshot(state)
+    for g in grads[1:]:
+        opt.step(g)
+    assert_unchanged(before, state, "state_dict taken before later steps")
+    # And loading does not alias the given arrays either.
+    other = make_optimizer(name, params_pair(), **kw)
+    other.load_state_dict(state)
+    other.step(grads[1])
+    assert_unchanged(before, state, "state_dict after loading it elsewhere")
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("grads, match", [
+    ({"W": np.ones((2, 2))}, r"grads must have exactly the keys of params; missing \['b'\]"),
+    ({"W": np.ones((2, 2)), "b": np.ones(1), "c": np.ones(1)}, r"unexpected \['c'\]"),
+    ({"W": np.ones((2, 3)), "b": np.ones(1)}, r"grads\['W'\] has shape \(2, 3\), params\['W'\] has \(2, 2\)"),
+    ({"W": np.array([[1.0, np.nan], [0.0, 0.0]]), "b": np.ones(1)}, r"grads\['W'\] contains NaN or inf"),
+    ({"W": np.ones((2, 2)), "b": np.array([np.inf])}, r"grads\['b'\] contains NaN or inf"),
+])
+def test_bad_grads_rejected_before_any_update(name, grads, match):
+    p = params_pair()
+    before = snapshot(p)
+    opt = make_optimizer(name, p, momentum=0.9) if name == "sgd" else make_optimizer(name, p)
+    state_before = snapshot(opt.state_dict())
+    with pytest.raises(ValueError, match=match):
+        opt.step(grads)
+    assert_unchanged(before, p, "params")
+    assert_unchanged(state_before, opt.state_dict(), "optimiser state")
+
+
+@pytest.mark.parametrize("factory, match", [
+    (lambda p: SGD(p, lr=0.0), r"lr must be positive, got 0.0"),
+    (lambda p: SGD(p, lr=-1.0), r"lr must be positive"),
+    (lambda p: SGD(p, lr=float("nan")), r"lr must be positive"),
+    (lambda p: SGD(p, momentum=1.0), r"momentum must lie in \[0, 1\)"),
+    (lambda p: SGD(p, momentum=-0.1), r"momentum must be non-negative"),
+    (lambda p: Adam(p, lr=0.0), r"lr must be positive"),
+    (lambda p: Adam(p, betas=(1.0, 0.999)), r"betas must lie in \[0, 1\)"),
+    (lambda p: Adam(p, betas=(0.9, -0.1)), r"betas must lie in \[0, 1\)"),
+    (lambda p: Adam(p, eps=0.0), r"eps must be positive"),
+    (lambda p: make_optimizer("rmsprop", p), r"optimizer must be one of \['adam', 'sgd'\], got 'rmsprop'"),
+])
+def test_bad_hyperparameters_rejected(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory(params_pair())
+
+
+def test_make_optimizer_builds_by_name_case_insensitively():
+    p = params_pair()
+    assert isinstance(make_optimizer("SGD", p, lr=0.1, momentum=0.5), SGD)
+    adam = make_optimizer("Adam", p, lr=0.02)
+    assert isinstance(adam, Adam) and adam.lr == 0.02
+
+
+@given(x=float_arrays((3,), magnitude=10.0), g=float_arrays((3,), magnitude=10.0))
+def test_float32_params_stay_float32(x, g):
+    for opt_cls in (SGD, Adam):
+        p = {"x": x.astype(np.float32)}
+        opt_cls(p).step({"x": g.astype(np.float32)})
+        assert p["x"].dtype == np.float32
