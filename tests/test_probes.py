@@ -11,9 +11,6 @@ from analysis.probes import PAIRS, Probes, agreement_table, probe_all
 from miniattn.batch import ClassificationBatch, Seq2SeqBatch
 from miniattn.layers import masked_softmax
 from miniattn.models.base import ForwardResult
-from miniattn.models.classifier import AttentionClassifier
-from miniattn.models.free_copy import FreeAttentionCopyModel
-from miniattn.models.seq2seq import Seq2SeqAttention
 from miniattn.optim import Adam
 from miniattn.tasks import CopyTask, KeywordClassificationTask
 
@@ -139,7 +136,16 @@ def test_probe_all_rejects_models_without_the_interface_or_with_wrong_shapes():
         probe_all(StandIn(), {"source": batch.source})
 
 
+def _real_models():
+    # Imported here so that the stand-in tests above do not depend on the model modules.
+    classifier = pytest.importorskip("miniattn.models.classifier")
+    seq2seq = pytest.importorskip("miniattn.models.seq2seq")
+    free_copy = pytest.importorskip("miniattn.models.free_copy")
+    return classifier.AttentionClassifier, seq2seq.Seq2SeqAttention, free_copy.FreeAttentionCopyModel
+
+
 def test_probe_all_with_the_real_models():
+    AttentionClassifier, Seq2SeqAttention, FreeAttentionCopyModel = _real_models()
     rng = np.random.default_rng(np.random.SeedSequence(30))
     # Classifier with padding.
     task = KeywordClassificationTask(vocab=30, length=10, min_length=4)
@@ -235,6 +241,7 @@ def test_agreement_table_masks_and_groups():
 @pytest.mark.slow
 def test_trained_classifier_attention_agrees_with_the_uniform_twins_ktiw_far_above_chance():
     """E3 in miniature: on keyword classification A(α, β^uf), A(β^uf, β^px), A(Δ, β^uf) ≫ Â."""
+    AttentionClassifier = _real_models()[0]
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(34).spawn(4)]
     task = KeywordClassificationTask(vocab=200, length=20, keywords_per_class=4, min_length=10,
                                      keyword_strength=0.9, noise=0.1)
