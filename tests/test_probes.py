@@ -259,5 +259,6 @@ def test_trained_classifier_attention_agrees_with_the_uniform_twins_ktiw_far_abo
     table = agreement_table(probe_all(models[False], evaluate), probe_all(models[True], evaluate), beta_px,
                             streams[2], n_boot=500)
     for row in PAIRS:
+        # The claim is about the top position; Kendall τ over all positions is dominated by the
+        # ordering of the many filler words, which carries no signal, so it is not asserted on.
         assert table[row]["A"].low > 3 * table[row]["A_hat"].high, row
-        assert table[row]["tau"].low > 0, row
