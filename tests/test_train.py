@@ -4,13 +4,11 @@ divergence handling, with small stand-in models and tasks defined here."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from miniattn import io
 from miniattn.batch import ClassificationBatch, Seq2SeqBatch
@@ -521,3 +519,31 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     io.atomic_save_npz(tmp_path / "x.npz", a=np.zeros(2))
     with pytest.raises(ValueError, match="not a miniattn checkpoint"):
         load_checkpoint(tmp_path / "x.npz")
+
+
+# --------------------------------------------------------------------------------------------------
+# With the real models and tasks
+# --------------------------------------------------------------------------------------------------
+
+def test_real_multihead_seq2seq_resumes_bit_identically(tmp_path):
+    from miniattn.models.seq2seq import Seq2SeqAttention
+    from miniattn.tasks.copy import CopyTask
+
+    def build():
+        task = CopyTask(4, 6, "subset")
+        model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
+                                 task.target_length, dim=8, heads=2, rng=np.random.default_rng(0))
+        return model, task, Adam(model.params, lr=0.01)
+
+    kw = dict(steps=8, batch_size=8, eval_every=2, eval_size=16, checkpoint_every=3)
+    model, task, opt = build()
+    full = train(model, task, opt, seed=4, out_dir=tmp_path / "full", **kw)
+    heads = full.metric("attention_accuracy_per_head")
+    assert heads.shape == (5, 2) and np.all((heads >= 0) & (heads <= 1))
+    assert full.metric("attention_accuracy").shape == (5,)
+    m2, t2, o2 = build()
+    with pytest.raises(KeyboardInterrupt):
+        train(m2, t2, o2, seed=4, out_dir=tmp_path / "cut", progress=interrupt_at(5), **kw)
+    m3, t3, o3 = build()
+    assert train(m3, t3, o3, seed=4, out_dir=tmp_path / "cut", **kw) == full
+    assert_same_params(m3.params, model.params)
