@@ -366,3 +366,24 @@ def test_result_store_validates_names(tmp_path):
     store.run_path("r").write_text("{not json")
     assert not store.is_current("r", {"a": 1})
     os.makedirs(store.dir, exist_ok=True)
+
+
+def test_seed_children_are_stable_and_distinct():
+    rec = C.spawn_seed_records(11, 3)[2]
+    a, b = C.seed_children(rec, 2), C.seed_children(rec, 2)
+    assert [x.spawn_key for x in a] == [(2, 0), (2, 1)]
+    np.testing.assert_array_equal(a[0].generate_state(4), b[0].generate_state(4))
+    assert not np.array_equal(a[0].generate_state(4), a[1].generate_state(4))
+    with pytest.raises(ValueError, match="record"):
+        C.seed_children({}, 2)
+
+
+def test_keyed_run_and_success_summary():
+    r1, r2 = C.keyed_run("x", {"a": 1}), C.keyed_run("x", {"a": 2})
+    assert r1.name.startswith("x-") and r1.name != r2.name
+    assert r1.name == C.keyed_run("x", {"a": 1}).name
+    s = C.success_summary([True, False, True, True])
+    assert s["k"] == 3 and s["n"] == 4 and s["rate"] == 0.75
+    assert tuple(s["ci"]) == C.wilson_interval(3, 4)
+    with pytest.raises(ValueError):
+        C.success_summary([])

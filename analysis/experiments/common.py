@@ -52,7 +52,8 @@ __all__ = [
     "canonical_json", "config_hash", "to_jsonable",
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
     "run_metadata", "package_versions", "git_revision",
-    "seed_record", "spawn_seed_records", "rng_from_record",
+    "seed_record", "spawn_seed_records", "rng_from_record", "seed_children", "keyed_run",
+    "success_summary",
     "ResultStore", "Run", "SerialExecutor", "make_executor", "run_sweep", "Progress",
     "summarize", "wilson_interval", "write_summary", "load_summary", "experiment_cli",
 ]
@@ -232,6 +233,40 @@ def rng_from_record(record: Mapping[str, Any]) -> np.random.Generator:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"record must have 'entropy' and 'spawn_key', got {record!r}") from exc
     return np.random.default_rng(seq)
+
+
+def seed_children(record: Mapping[str, Any], n: int) -> list[np.random.SeedSequence]:
+    """``n`` independent child sequences of a run's seed: spawn keys ``record.spawn_key + (i,)``.
+
+    Built from the spawn key (not with ``SeedSequence.spawn``, whose counter would make a second
+    call give different children), so a run can draw e.g. child 0 for the model's initialisation
+    and child 1 for training, reproducibly.
+    """
+    try:
+        entropy = int(record["entropy"])
+        key = tuple(int(k) for k in record["spawn_key"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"record must have 'entropy' and 'spawn_key', got {record!r}") from exc
+    return [np.random.SeedSequence(entropy, spawn_key=key + (i,)) for i in range(n)]
+
+
+def keyed_run(prefix: str, config: Mapping[str, Any]) -> "Run":
+    """A :class:`Run` named ``<prefix>-<first 10 hex digits of the config hash>``.
+
+    Runs whose configs differ (e.g. between profiles) then have different files and never overwrite
+    each other; switching back to a profile reuses its runs.
+    """
+    return Run(f"{prefix}-{config_hash(config)[:10]}", config)
+
+
+def success_summary(successes: Sequence[bool], *, confidence: float = 0.95) -> dict[str, Any]:
+    """``{"n", "k", "rate", "ci": [low, high]}`` of a list of booleans (Wilson interval)."""
+    flags = [bool(x) for x in successes]
+    if not flags:
+        raise ValueError("successes must not be empty")
+    k, n = sum(flags), len(flags)
+    lo, hi = wilson_interval(k, n, confidence=confidence)
+    return {"n": n, "k": k, "rate": k / n, "ci": [lo, hi]}
 
 
 # --------------------------------------------------------------------------------------------------
