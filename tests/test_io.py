@@ -180,7 +180,7 @@ def test_atomic_save_npz_uses_path_as_given_and_refuses_objects(tmp_path):
 # JSON lines
 # --------------------------------------------------------------------------------------------------
 
-records_strategy = st.lists(st.dictionaries(json_keys, json_values, max_size=4), max_size=6)
+records_strategy = st.lists(st.dictionaries(json_keys, json_values, max_size=3), max_size=4)
 
 
 @given(records_strategy)
