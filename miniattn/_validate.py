@@ -46,10 +46,12 @@ def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if arr.size and upper is not None:
+    if arr.size:
         lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= upper:
+        if upper is not None and (lo < 0 or hi >= upper):
             raise ValueError(f"{name} must lie in [0, {upper}), got values in [{lo}, {hi}]")
+        if lo < 0:
+            raise ValueError(f"{name} must be non-negative, got values in [{lo}, {hi}]")
     return arr
 
 

@@ -26,6 +26,16 @@ def _check_grads(params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarra
             raise ValueError(f"grads[{k!r}] contains NaN or inf")
 
 
+def _restore(target: np.ndarray, state: Mapping[str, np.ndarray], key: str) -> None:
+    """Copy ``state[key]`` into ``target`` in place, with a clear error for a missing or misshapen entry."""
+    if key not in state:
+        raise ValueError(f"state is missing the entry {key!r} (was it saved by this optimiser?)")
+    value = np.asarray(state[key])
+    if value.shape != target.shape:
+        raise ValueError(f"state[{key!r}] has shape {value.shape}, expected {target.shape}")
+    target[...] = value
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> float:
     value = float(value)
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
@@ -74,9 +84,11 @@ class SGD:
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.t = int(state["t"])
+        if "t" not in state:
+            raise ValueError("state is missing the step counter 't'")
         for k in self.velocity:
-            self.velocity[k][...] = state[f"velocity/{k}"]
+            _restore(self.velocity[k], state, f"velocity/{k}")
+        self.t = int(state["t"])
 
 
 class Adam:
@@ -129,10 +141,12 @@ class Adam:
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.t = int(state["t"])
+        if "t" not in state:
+            raise ValueError("state is missing the step counter 't'")
         for k in self.m:
-            self.m[k][...] = state[f"m/{k}"]
-            self.v[k][...] = state[f"v/{k}"]
+            _restore(self.m[k], state, f"m/{k}")
+            _restore(self.v[k], state, f"v/{k}")
+        self.t = int(state["t"])
 
 
 def make_optimizer(name: str, params: dict[str, np.ndarray], **kwargs):

@@ -275,3 +275,18 @@ def test_float32_params_stay_float32(x, g):
         p = {"x": x.astype(np.float32)}
         opt_cls(p).step({"x": g.astype(np.float32)})
         assert p["x"].dtype == np.float32
+
+
+def test_load_state_dict_names_a_missing_or_misshapen_entry():
+    params = {"w": np.zeros((2, 3))}
+    opt = Adam(params)
+    state = opt.state_dict()
+    del state["v/w"]
+    with pytest.raises(ValueError, match="v/w"):
+        Adam({"w": np.zeros((2, 3))}).load_state_dict(state)
+    bad = opt.state_dict()
+    bad["m/w"] = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"m/w.*shape"):
+        Adam({"w": np.zeros((2, 3))}).load_state_dict(bad)
+    with pytest.raises(ValueError, match="velocity/w"):
+        SGD({"w": np.zeros(2)}, momentum=0.5).load_state_dict({"t": np.array(1)})
