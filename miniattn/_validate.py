@@ -38,6 +38,8 @@ def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
     """Return ``x`` as an integer array with every value in ``[0, upper)``, or raise naming ``name``.
 
     Negative ids are rejected explicitly: NumPy would otherwise wrap them to the end of a table.
+    With ``upper=None`` only the dtype and shape are checked: callers use that for padded arrays
+    whose pad value may be anything, and then check the unmasked entries with a bound.
     """
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
@@ -46,12 +48,10 @@ def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if arr.size:
+    if arr.size and upper is not None:
         lo, hi = int(arr.min()), int(arr.max())
-        if upper is not None and (lo < 0 or hi >= upper):
+        if lo < 0 or hi >= upper:
             raise ValueError(f"{name} must lie in [0, {upper}), got values in [{lo}, {hi}]")
-        if lo < 0:
-            raise ValueError(f"{name} must be non-negative, got values in [{lo}, {hi}]")
     return arr
 
 
