@@ -89,17 +89,41 @@ def test_inputs_and_params_not_mutated(data):
         np.testing.assert_array_equal(f, g)
 
 
-@given(data=model_and_batch(), factor=st.floats(-3.0, 3.0))
-def test_backward_linear_in_upstream(data, factor):
-    # loss is linear in a per-position weight w: check grads of w·loss = w·grads through the
-    # mask-count normalisation, by duplicating the batch (same mean loss, same gradients).
+@given(data=model_and_batch())
+def test_duplicated_batch_gives_the_same_mean_loss_and_gradients(data):
+    # The loss is a mean over counted targets: duplicating every example changes nothing. Checks the
+    # 1/N normalisation (with masks) and that the shared-attention fast path sums over the batch.
     model, batch, _ = data
     loss, grads = model.loss_and_grads(batch)
     doubled = Seq2SeqBatch(*[None if f is None else np.concatenate([f, f]) for f in batch])
     loss2, grads2 = model.loss_and_grads(doubled)
     assert loss2 == pytest.approx(loss, rel=1e-12)
     for k in grads:
-        np.testing.assert_allclose(factor * grads2[k], factor * grads[k], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(grads2[k], grads[k], rtol=1e-10, atol=1e-14)
+
+
+@given(data=model_and_batch(masks=False))
+def test_shared_attention_fast_path_equals_the_masked_path(data):
+    # An all-True mask takes the shared (T, S) softmax; a mask with one harmless False elsewhere
+    # forces the per-example path. On the unaffected examples both must agree exactly.
+    model, batch, _ = data
+    B, L = batch.source.shape
+    if L < 2:
+        return
+    extra = batch._replace(source=np.concatenate([batch.source, batch.source[:1]]),
+                           source_mask=np.concatenate([batch.source_mask, batch.source_mask[:1]]),
+                           target_out=np.concatenate([batch.target_out, batch.target_out[:1]]),
+                           target_mask=np.concatenate([batch.target_mask, np.zeros((1, L), bool)]),
+                           target_in=None, alignment=None)
+    extra.source_mask[-1, -1] = False
+    a = model.forward(batch)
+    b = model.forward(extra)
+    np.testing.assert_allclose(b.attention[:B], a.attention, rtol=1e-14)
+    loss_a, grads_a = model.loss_and_grads(batch)
+    loss_b, grads_b = model.loss_and_grads(extra)      # the extra example counts no target
+    assert loss_b == pytest.approx(loss_a, rel=1e-12)
+    for k in grads_a:
+        np.testing.assert_allclose(grads_b[k], grads_a[k], rtol=1e-10, atol=1e-14)
 
 
 @given(data=model_and_batch())
