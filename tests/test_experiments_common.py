@@ -387,3 +387,8 @@ def test_keyed_run_and_success_summary():
     assert tuple(s["ci"]) == C.wilson_interval(3, 4)
     with pytest.raises(ValueError):
         C.success_summary([])
+
+
+def test_summarize_bounds_clip_the_interval():
+    s = C.summarize([0.0, 1.0], bounds=(0.0, 1.0))
+    assert s["ci_low"] == 0.0 and s["ci_high"] == 1.0 and s["mean"] == 0.5

@@ -540,28 +540,41 @@ def run_sweep(experiment: str, runs: Sequence[Run], fn: Callable[[dict], Mapping
         ex = make_executor() if own else executor
         progress.message(f"computing {len(todo)} runs with {type(ex).__name__}")
         futures: dict[cf.Future, Run] = {}
-        error: BaseException | None = None
+        error: list[BaseException] = []
+
+        def handle(fut: cf.Future) -> None:
+            if fut.cancelled():
+                return
+            r = futures[fut]
+            exc = fut.exception()
+            if exc is not None:
+                # Stop starting new runs, but keep every run that finishes: a rerun then
+                # resumes after the failure instead of repeating finished work.
+                if not error:
+                    error.append(exc)
+                    progress.message(f"run {r.name} failed: {exc!r}; cancelling pending runs")
+                    for other in futures:
+                        other.cancel()
+                return
+            result, started, finished, runtime, worker = fut.result()
+            store.save_run(r.name, r.config, result, started=started, finished=finished,
+                           runtime_s=runtime, worker=worker)
+            progress.step(r.name, runtime)
+
         try:
-            for r in todo:
-                futures[ex.submit(_execute, fn, r.config)] = r
-            for fut in cf.as_completed(futures):
-                if fut.cancelled():
-                    continue
-                r = futures[fut]
-                exc = fut.exception()
-                if exc is not None:
-                    # Stop starting new runs, but keep every run that finishes: a rerun then
-                    # resumes after the failure instead of repeating finished work.
-                    if error is None:
-                        error = exc
-                        progress.message(f"run {r.name} failed: {exc!r}; cancelling pending runs")
-                        for other in futures:
-                            other.cancel()
-                    continue
-                result, started, finished, runtime, worker = fut.result()
-                store.save_run(r.name, r.config, result, started=started, finished=finished,
-                               runtime_s=runtime, worker=worker)
-                progress.step(r.name, runtime)
+            if isinstance(ex, SerialExecutor):
+                # In-process: each run is finished at submit time; save it at once (resumable).
+                for r in todo:
+                    if error:
+                        break
+                    fut = ex.submit(_execute, fn, r.config)
+                    futures[fut] = r
+                    handle(fut)
+            else:
+                for r in todo:
+                    futures[ex.submit(_execute, fn, r.config)] = r
+                for fut in cf.as_completed(futures):
+                    handle(fut)
         except BaseException:  # KeyboardInterrupt/SystemExit: stop now, finished runs are on disk
             for fut in futures:
                 fut.cancel()
@@ -572,8 +585,8 @@ def run_sweep(experiment: str, runs: Sequence[Run], fn: Callable[[dict], Mapping
         finally:
             if own:
                 ex.shutdown(wait=True)
-        if error is not None:
-            raise error
+        if error:
+            raise error[0]
     return [store.load_run(r.name) for r in runs]
 
 
@@ -582,7 +595,8 @@ def run_sweep(experiment: str, runs: Sequence[Run], fn: Callable[[dict], Mapping
 # --------------------------------------------------------------------------------------------------
 
 def summarize(values: Iterable[float], *, confidence: float = 0.95, method: str = "t",
-              rng: np.random.Generator | None = None, n_boot: int = 10_000) -> dict[str, float | int]:
+              rng: np.random.Generator | None = None, n_boot: int = 10_000,
+              bounds: tuple[float, float] | None = None) -> dict[str, float | int]:
     """Mean, spread and a confidence interval of the mean over independent runs (seeds).
 
     Parameters
@@ -594,6 +608,9 @@ def summarize(values: Iterable[float], *, confidence: float = 0.95, method: str 
         ``"bootstrap"``: percentile interval of ``n_boot`` resampled means (needs ``rng``).
     rng : numpy.random.Generator
         Required for ``"bootstrap"``.
+    bounds : (low, high), optional
+        The range the quantity cannot leave (e.g. (0, 1) for a rate): the interval is clipped to
+        it, since a t-interval over few seeds can otherwise extend past it.
 
     Returns
     -------
@@ -631,6 +648,8 @@ def summarize(values: Iterable[float], *, confidence: float = 0.95, method: str 
         means = x[rng.integers(0, n, size=(int(n_boot), n))].mean(axis=1)
         lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2])
         out.update(ci_low=float(lo), ci_high=float(hi))
+    if bounds is not None:
+        out.update(ci_low=max(out["ci_low"], bounds[0]), ci_high=min(out["ci_high"], bounds[1]))
     return out
 
 
