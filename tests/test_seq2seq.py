@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -9,7 +11,6 @@ from hypothesis import strategies as st
 
 from miniattn.batch import Seq2SeqBatch
 from miniattn.gradcheck import check_model
-from miniattn.layers import log_softmax
 from miniattn.models.base import ForwardResult
 from miniattn.models.seq2seq import Seq2SeqAttention, _pairwise_logsumexp
 from miniattn.optim import Adam
@@ -384,7 +385,6 @@ def test_config_round_trip_and_seed_determinism(kwargs):
     assert a.config() == b.config()
     assert set(a.params) == set(b.params)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
-    import json
     json.dumps(a.config())
 
 

@@ -223,7 +223,8 @@ class AttentionClassifier:
         loss : float
         grads : dict name -> array, keyed and shaped like ``params`` (embedding rows scatter-added).
         """
-        loss, grads, dh, _, emb_cache = self._loss_and_state_grads(*self._check_batch(batch, need_labels=True))
+        tokens, mask, labels = self._check_batch(batch, need_labels=True)
+        loss, grads, dh, _, emb_cache = self._loss_and_state_grads(tokens, mask, labels)
         grads["embed"] = embedding_backward(dh, emb_cache)
         return loss, {k: grads[k] for k in self.params}
 

@@ -36,6 +36,9 @@ Initialisation: every weight is drawn i.i.d. from N(0, init_scale²), default ``
 and ``out_b`` starts at 0. With that default an embedding row has norm ≈ 1 and each d×d matrix
 roughly preserves norms, so the initial scores are O(1/√d) — attention starts near uniform, as the
 two-stage account assumes — while the signal through W_o is large enough that learning starts at once.
+Measured with these defaults (Adam lr 1e-3, batches of 128 fresh copy-subset samples, L = 40 of V = 60
+with <bos>/<eos>): teacher-forced token accuracy > 0.95 after 225–250 steps at d = 64 (seeds 0–2) and
+100 steps at d = 256 (seed 0), checked every 25 steps.
 """
 
 from __future__ import annotations
