@@ -510,7 +510,7 @@ class EscapeFit(NamedTuple):
     times: np.ndarray
     slope: float
     intercept: float
-    predicted_slope: float   #: 1/growth rate = L²
+    predicted_slope: float   #: 1/growth rate = L² (plain model; NaN for the factorised one)
 
 
 def escape_time_vs_init_scale(L: int, scales, *, V: int | None = None, threshold: float = 0.5,
@@ -522,7 +522,8 @@ def escape_time_vs_init_scale(L: int, scales, *, V: int | None = None, threshold
     that size on the learning side (``m_d = δ_0``, ``m_o = 0``, ``a_d = u_0``, ``a_o = 0``). The
     symmetric flow cannot leave the saddle without this offset, and its escape time grows like
     ``L² log(1/s)``. (For the factorised model the start is ``m_d = δ_0``, Gram diagonals
-    ``d s²`` with d = V, off-diagonals 0.)
+    ``d s²`` with d = V, off-diagonals 0; there the saddle rate is ``√(2 V s²)/L²``, so the escape
+    time grows like 1/s rather than log(1/s) and ``predicted_slope`` is NaN.)
 
     Returns
     -------
@@ -543,7 +544,9 @@ def escape_time_vs_init_scale(L: int, scales, *, V: int | None = None, threshold
         slope, intercept = np.polyfit(np.log(1.0 / scales[finite]), times[finite], 1)
     else:
         slope = intercept = float("nan")
-    return EscapeFit(scales, times, float(slope), float(intercept), float(L ** 2))
+    # Factorised: dδ/dτ ≈ q̃ u/L² with q̃ ≈ 2 V s², so the saddle rate is √q̃/L² ∝ s and the escape
+    # time grows like 1/s, not log(1/s): no log-slope to predict.
+    return EscapeFit(scales, times, float(slope), float(intercept), float("nan") if factorised else float(L ** 2))
 
 
 # --------------------------------------------------------------------------------------------------
