@@ -7,3 +7,12 @@
 * construction from a ``numpy.random.Generator`` with a documented ``init_scale``;
 * ``uniform=True`` for the paper's uniform-attention twin.
 """
+
+from miniattn.models.base import ForwardResult
+from miniattn.models.classifier import AttentionClassifier
+from miniattn.models.free_copy import FreeAttentionCopyModel
+from miniattn.models.seq2seq import Seq2SeqAttention
+from miniattn.models.toy import GatedToyClassifier, SoftmaxGatedToyClassifier
+
+__all__ = ["ForwardResult", "AttentionClassifier", "FreeAttentionCopyModel", "Seq2SeqAttention",
+           "GatedToyClassifier", "SoftmaxGatedToyClassifier"]
