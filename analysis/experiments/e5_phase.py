@@ -84,7 +84,8 @@ def simulate_free(config: dict) -> dict:
     cols = np.array(rows, dtype=np.float64).T
     return {"step": cols[0], "delta": cols[1], "alpha_d": cols[2], "loss": cols[3],
             "prob_correct": cols[4], "token_accuracy": cols[5], "attention_accuracy": cols[6],
-            "initial_state": np.asarray(initial.state()), "initial_delta": initial.delta,
+            "initial_state": np.asarray(initial.state(bool(config.get("factorised", False)))),
+            "initial_delta": initial.delta,
             "initial_alpha_d": initial.alpha_d}
 
 
