@@ -36,6 +36,11 @@ REPRO_IDS := $(foreach e,$(REPRO_EXPS),$(word 1,$(subst :, ,$(e))))
 # runs whose config changed (bump an experiment's CODE_VERSION to force recomputation).
 REPRO_COMMON := analysis/experiments/common.py analysis/experiments/__init__.py
 
+# Parallelism is across runs (one process per core), so each process uses one BLAS thread unless
+# the caller says otherwise; oversubscribed BLAS threads slow the sweeps down.
+REPRO_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-1} \
+             MKL_NUM_THREADS=$${MKL_NUM_THREADS:-1}
+
 REPRO_SUMMARIES := $(foreach i,$(REPRO_IDS),$(RESULTS)/$(i)/summary.json)
 REPRO_PLOTTED := $(foreach i,$(REPRO_IDS),$(RESULTS)/figures/.$(i).plotted)
 
@@ -55,11 +60,11 @@ $(RESULTS)/.profile: FORCE-PROFILE
 
 define REPRO_RULES
 $(RESULTS)/$(1)/summary.json: analysis/experiments/$(2).py $(REPRO_COMMON) $(RESULTS)/.profile | $(VENV)/.installed
-	$(PY) -m analysis.experiments.$(2) compute --profile $(REPRO_PROFILE) --results $(RESULTS)
+	$$(REPRO_ENV) $(PY) -m analysis.experiments.$(2) compute --profile $(REPRO_PROFILE) --results $(RESULTS)
 	@touch $$@
 
 $(RESULTS)/figures/.$(1).plotted: $(RESULTS)/$(1)/summary.json analysis/plotting.py analysis/experiments/$(2).py | $(VENV)/.installed
-	$(PY) -m analysis.experiments.$(2) plot --results $(RESULTS)
+	$$(REPRO_ENV) $(PY) -m analysis.experiments.$(2) plot --results $(RESULTS)
 	@mkdir -p $(RESULTS)/figures && touch $$@
 
 repro-$(1): $(RESULTS)/figures/.$(1).plotted
