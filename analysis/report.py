@@ -203,7 +203,7 @@ def render_report(results: str | os.PathLike | None = None, report_dir: str | os
         "file linked in its row; nothing is recomputed. Regenerate everything with `make reproduce` "
         "(paper-scale seeds and sizes: `make reproduce FULL=1`).",
         "",
-        "| Experiment | State | Claims holding | Profile | Compute time |",
+        "| Experiment | State | Claims holding | Profile | Compute time (sum over runs) |",
         "|---|---|---|---|---|",
     ]
     for st in statuses:
