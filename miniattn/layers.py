@@ -34,7 +34,8 @@ __all__ = [
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Stable ``log softmax``: ``z - max z - log sum exp(z - max z)`` along ``axis``."""
     shifted = logits - np.max(logits, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted -= np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))   # in place: one temporary fewer
+    return shifted
 
 
 def masked_softmax(scores: np.ndarray, mask: np.ndarray | None, axis: int = -1) -> np.ndarray:
@@ -431,7 +432,12 @@ def softmax_output_forward(hidden, weight, bias, targets, mask=None):
         raise ValueError("mask must count at least one target; the mean cross-entropy of none is undefined")
     int_array("targets (where mask is True)", targets[mask], upper=C)
     safe_targets = np.where(mask, targets, 0)
-    log_probs = log_softmax(hidden @ weight + bias)
+    logits = hidden @ weight
+    if logits.dtype == np.result_type(logits, bias):
+        logits += bias   # in place: no second (..., C) array
+    else:
+        logits = logits + bias   # a float64 bias on float32 weights promotes, as before
+    log_probs = log_softmax(logits)
     gold = np.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
     loss = -float(np.sum(gold, where=mask)) / count
     cache = SoftmaxOutputCache(hidden, weight, log_probs, safe_targets, mask, count)

@@ -251,14 +251,18 @@ class Seq2SeqAttention:
         if scale is not None:
             h *= scale[..., None]
         emb_tgt, cache_tgt = embedding_forward(target_in, tgt_table)
-        q = emb_tgt + p["tgt_pos"][:T]                       # new array (B, T, d)
+        # q is written straight into the first half of [q ; c] (a view), so assembling the output
+        # layer's input copies only the context — one (B, T, d) pass fewer than np.concatenate.
+        d = self.dim
+        hidden = np.empty(emb_tgt.shape[:-1] + (2 * d,), dtype=np.result_type(emb_tgt, p["tgt_pos"]))
+        q = np.add(emb_tgt, p["tgt_pos"][:T], out=hidden[..., :d])   # (B, T, d)
         if self.heads == 1:
             values = h @ p["value"] if self.value_projection else h
             context, att = attention_forward(q, h, values, p["score"], mask=source_mask, uniform=self.uniform)
         else:
             context, att = multihead_attention_forward(q, h, h, p["score"], self._value_matrices(),
                                                        mask=source_mask, uniform=self.uniform)
-        hidden = np.concatenate([q, context], axis=-1)
+        hidden[..., d:] = context
         return hidden, (cache_src, cache_tgt, h, q, att)
 
     # ----------------------------------------------------------------------------------------------
@@ -315,14 +319,14 @@ class Seq2SeqAttention:
                 grads["value"] = h.reshape(-1, d).T @ g.values.reshape(-1, d)
                 dh = g.keys + g.values @ p["value"].T
             else:
-                dh = g.keys + g.values
+                dh = np.add(g.keys, g.values, out=g.keys)     # g.keys is ours: add in place
         else:
             g = multihead_attention_backward(dcontext, att)
             grads["score"] = g.score_matrices
             if self.value_projection:
                 grads["value"] = g.value_matrices
-            dh = g.keys + g.values
-        dq = dq + g.queries
+            dh = np.add(g.keys, g.values, out=g.keys)
+        dq = np.add(g.queries, dq, out=g.queries)   # = dq + g.queries exactly (IEEE + commutes); no new array
         S, T = source.shape[1], target_in.shape[1]
         grads["src_pos"] = np.zeros_like(p["src_pos"], dtype=dh.dtype)
         grads["src_pos"][:S] = dh.sum(axis=0)
