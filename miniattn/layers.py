@@ -247,7 +247,9 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
     dprojected = dscores @ k
     if W is None:
         return AttentionGrads(dprojected, dkeys, dvalues, None)
-    dq = dprojected @ W.T
+    # A transposed 2-d operand in a stacked (B, T, k) matmul is slow (float32 d=256: 12.4 vs 9.1 ms
+    # with a contiguous copy of W.T); the d×d copy is cheap and the products are the same.
+    dq = dprojected @ np.ascontiguousarray(W.T)
     dW = q.reshape(-1, q.shape[2]).T @ dprojected.reshape(-1, dprojected.shape[2])
     return AttentionGrads(dq, dkeys, dvalues, dW)
 
@@ -468,7 +470,7 @@ def softmax_output_backward(dloss, cache: SoftmaxOutputCache) -> SoftmaxOutputGr
     dlogits = np.exp(log_probs)
     np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], -1) - 1.0, -1)
     dlogits *= (dloss / count) * mask[..., None]
-    dhidden = dlogits @ weight.T
+    dhidden = dlogits @ np.ascontiguousarray(weight.T)   # contiguous: see attention_backward
     flat = dlogits.reshape(-1, dlogits.shape[-1])
     dweight = hidden.reshape(-1, hidden.shape[-1]).T @ flat
     dbias = flat.sum(axis=0)
