@@ -325,8 +325,9 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
         raise ValueError(f"keys and values must share B and S; got queries {queries.shape}, "
                          f"keys {keys.shape}, values {values.shape}")
     S = keys.shape[1]
-    projected_q = np.einsum("btq,hqk->hbtk", queries, Ws).reshape(H * B, T, -1)
-    projected_v = np.einsum("bsv,hvo->hbso", values, Ps).reshape(H * B, S, -1)
+    # (B·T, dq) @ (H, dq, dk) broadcasts to H GEMMs; einsum would not use BLAS here.
+    projected_q = np.matmul(queries.reshape(B * T, dq), Ws).reshape(H * B, T, -1)
+    projected_v = np.matmul(values.reshape(B * S, -1), Ps).reshape(H * B, S, -1)
     stacked_keys = np.broadcast_to(keys, (H,) + keys.shape).reshape(H * B, S, -1)
     # Checked here, before stacking, so that an error names batch rows, not stacked head-batch rows.
     stacked_mask = None if mask is None else np.broadcast_to(
@@ -364,10 +365,13 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
     dprojected_q = g.queries.reshape(H, B, T, -1)
     dprojected_v = g.values.reshape(H, B, S, -1)
     dkeys = g.keys.reshape(H, B, S, -1).sum(axis=0)
-    dq = np.einsum("hbtk,hqk->btq", dprojected_q, Ws)
-    dWs = np.einsum("btq,hbtk->hqk", q, dprojected_q)
-    dv = np.einsum("hbso,hvo->bsv", dprojected_v, Ps)
-    dPs = np.einsum("bsv,hbso->hvo", v, dprojected_v)
+    # One GEMM per head through broadcasting matmul (einsum would not use BLAS here).
+    dprojected_q = dprojected_q.reshape(H, B * T, -1)
+    dprojected_v = dprojected_v.reshape(H, B * S, -1)
+    dq = np.matmul(dprojected_q, Ws.transpose(0, 2, 1)).sum(axis=0).reshape(B, T, -1)
+    dWs = np.matmul(np.ascontiguousarray(q.reshape(B * T, -1).T), dprojected_q)
+    dv = np.matmul(dprojected_v, Ps.transpose(0, 2, 1)).sum(axis=0).reshape(B, S, -1)
+    dPs = np.matmul(np.ascontiguousarray(v.reshape(B * S, -1).T), dprojected_v)
     return MultiHeadGrads(dq, dkeys, dv, dWs, dPs)
 
 
