@@ -231,8 +231,11 @@ def test_sweep_process_pool_matches_serial(tmp_path):
 
 def test_sweep_on_local_dask_cluster(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+    # In-process workers, but over real TCP on loopback (the inproc transport takes no host), so
+    # the executor talks to the scheduler exactly as it would to a remote cluster.
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         ex = C.make_executor("dask", scheduler=cluster.scheduler_address)
         try:
             recs = C.run_sweep("d", _runs(2), _toy_run, root=tmp_path, executor=ex,
