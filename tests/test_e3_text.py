@@ -1,0 +1,91 @@
+"""E3 on user-supplied real text: configuration from the environment, the held-out split, one run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.experiments import e3_agreement as E3
+from miniattn.tasks import load_parallel_files
+
+DATA = Path(__file__).parent / "data"
+TEXT = DATA / "sentiment.tsv"
+SRC, TGT = DATA / "parallel.de", DATA / "parallel.en"
+
+
+def test_no_variables_no_text_tasks():
+    assert E3.text_tasks({}) == {}
+    assert set(E3.profile_config("default")["tasks"]) >= {"classification", "translation"}
+
+
+def test_text_tasks_record_path_and_hash(tmp_path):
+    tasks = E3.text_tasks({"E3_TEXT": str(TEXT), "E3_PARALLEL_SOURCE": str(SRC),
+                           "E3_PARALLEL_TARGET": str(TGT)})
+    assert set(tasks) == {"text-classification", "text-translation"}
+    rec = tasks["text-classification"]["file"]
+    assert rec["path"] == str(TEXT.resolve()) and len(rec["sha256"]) == 64
+    # An edited copy has another hash, hence another run key.
+    copy = tmp_path / "copy.tsv"
+    copy.write_bytes(TEXT.read_bytes() + b"pos\tgood\n")
+    assert E3.text_tasks({"E3_TEXT": str(copy)})["text-classification"]["file"]["sha256"] != rec["sha256"]
+
+
+def test_text_task_errors_name_the_variable(tmp_path):
+    with pytest.raises(ValueError, match="E3_TEXT"):
+        E3.text_tasks({"E3_TEXT": str(tmp_path / "missing.tsv")})
+    with pytest.raises(ValueError, match="E3_PARALLEL_SOURCE and E3_PARALLEL_TARGET"):
+        E3.text_tasks({"E3_PARALLEL_SOURCE": str(SRC)})
+    with pytest.raises(ValueError, match="E3_PARALLEL_TARGET"):
+        E3.text_tasks({"E3_PARALLEL_SOURCE": str(SRC), "E3_PARALLEL_TARGET": str(tmp_path / "x")})
+
+
+def test_changed_file_is_refused(tmp_path):
+    f = tmp_path / "t.tsv"
+    f.write_bytes(TEXT.read_bytes())
+    rec = E3.text_tasks({"E3_TEXT": str(f)})["text-classification"]["file"]
+    assert E3._check_unchanged(rec) == str(f.resolve())
+    f.write_bytes(TEXT.read_bytes() + b"neg\tbad\n")
+    with pytest.raises(ValueError, match="changed"):
+        E3._check_unchanged(rec)
+
+
+def test_held_out_split_is_a_partition_and_training_batches_avoid_it():
+    data = load_parallel_files(SRC, TGT)
+    split = E3.HeldOutSplit(data, np.random.default_rng(0))
+    n = len(data)
+    assert len(split.held_out_indices) == round(0.2 * n)
+    assert sorted(np.concatenate([split.held_out_indices, split.train_indices]).tolist()) == list(range(n))
+    held = split.held_out()
+    assert held.source.shape[0] == len(split.held_out_indices)
+    # Every training batch row equals some training example's row, never a held-out one.
+    train_rows = {data.batch([i]).source.tobytes() for i in split.train_indices}
+    held_rows = {data.batch([i]).source.tobytes() for i in split.held_out_indices}
+    batch = split.sample(np.random.default_rng(1), 64)
+    rows = {batch.source[j:j + 1].tobytes() for j in range(64)}
+    assert rows <= train_rows
+    assert not (rows & (held_rows - train_rows))
+
+
+def test_held_out_split_needs_both_parts():
+    class Two:
+        input_vocab_size = output_vocab_size = source_length = target_length = 1
+
+        def __len__(self):
+            return 2
+
+    with pytest.raises(ValueError, match="held-out"):
+        E3.HeldOutSplit(Two(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("task_name", ["text-classification", "text-translation"])
+def test_run_one_on_real_text(task_name):
+    tc = E3.text_tasks({"E3_TEXT": str(TEXT), "E3_PARALLEL_SOURCE": str(SRC),
+                        "E3_PARALLEL_TARGET": str(TGT)})[task_name]
+    tc = dict(tc, steps=6, dim=8)
+    config = {"experiment": "e3", "code_version": E3.CODE_VERSION, "task_name": task_name, "task": tc,
+              "eval_size": 10, "fit_size": 50, "checkpoints": 3, "n_boot": 20, "frac": 0.05,
+              "seed": E3.C.spawn_seed_records(5, 1)[0]}
+    out = E3.run_one(config)
+    for row in E3.ROWS:
+        assert 0.0 <= out[row]["A"] <= 1.0 and out[row]["n_items"] > 0
+    assert 0.0 <= out["normal_final_accuracy"] <= 1.0
