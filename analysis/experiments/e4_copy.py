@@ -103,8 +103,8 @@ def _runs(cfg: dict) -> list[C.Run]:
                 conf = {"experiment": EXP, "code_version": CODE_VERSION, "setting": st["name"],
                         "arm": arm, "length": cfg["length"], "vocab": vocab,
                         "optimizer": st["optimizer"], "lr": st["lr"], "steps": st["steps"],
-                        "batch": st["batch"], "dim": st["dim"], "dtype": st["dtype"], "eval_every": cfg["eval_every"],
-                        "eval_size": cfg["eval_size"], "success_threshold": cfg["success_threshold"],
+                        "batch": st["batch"], "dim": st["dim"], "dtype": st["dtype"],
+                        "eval_every": cfg["eval_every"], "eval_size": cfg["eval_size"], "success_threshold": cfg["success_threshold"],
                         "seed": seed}
                 runs.append(C.keyed_run(f"{st['name']}-{arm}-s{i:02d}", conf))
     return runs
