@@ -14,8 +14,9 @@ same command run again resumes from the checkpoint (``--fresh`` starts over), so
 finishes with exactly the result of an uninterrupted one.
 
 Seeding: ``--seed`` is the root of a ``numpy.random.SeedSequence`` whose children are, in order, the
-model's initialisation, the task's construction (e.g. the translation lexicon) and the training
-streams (batches and held-out sample, see :func:`miniattn.train.train`).
+model's initialisation, the task's construction (e.g. the translation lexicon, or the held-out split
+of a text file, ``--held-out``) and the training streams (batches and held-out sample, see
+:func:`miniattn.train.train`).
 
 Exit status: 0 success; 1 training diverged or a run directory could not be read; 2 bad arguments
 (including a model/task combination that does not fit); 130 interrupted.
@@ -51,8 +52,9 @@ _MODEL_OPTIONS = {"heads": ("seq2seq",), "score_hidden": ("classifier",), "facto
 _TASK_OPTIONS = {"mode": ("copy",), "vocab": ("copy", "keyword", "translation"),
                  "length": ("copy", "keyword", "translation"), "target_vocab": ("translation",),
                  "n_classes": ("keyword",), "data": ("text-classification",),
-                 "source_file": ("parallel",), "target_file": ("parallel",)}
-_DEFAULTS = {"mode": "subset", "vocab": 60, "length": 40, "n_classes": 2, "dim": 64}
+                 "source_file": ("parallel",), "target_file": ("parallel",),
+                 "held_out": ("text-classification", "parallel")}
+_DEFAULTS = {"mode": "subset", "vocab": 60, "length": 40, "n_classes": 2, "dim": 64, "held_out": 0.1}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -97,6 +99,16 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``miniattn`` (subcommands ``train``, ``eval``, ``info``)."""
     parser = argparse.ArgumentParser(
@@ -138,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target-file", type=Path, default=None,
                    help="parallel: target sentences, line-aligned with --source-file "
                         "(required for that task; no default)")
+    g.add_argument("--held-out", type=_fraction, default=None,
+                   help="text-classification/parallel: share of the examples held out for evaluation "
+                        "(a seeded split; training never sees them); 0 evaluates on a sample of the "
+                        "training examples (default: 0.1)")
     g.add_argument("--dim", type=_int_at_least(1), default=None,
                    help="seq2seq/classifier: model width d (default: 64); free-copy with "
                         "--factorised: rank of M = Wo E^T (default: V)")
@@ -276,12 +292,18 @@ def _build_task(args, rng: np.random.Generator):
                               args._sub)
         vocab = _option(args, "vocab")
         return Translation(vocab, args.target_vocab or vocab, _option(args, "length"), rng=rng)
-    if args.task == "text-classification":
-        load = _import("miniattn.tasks.text", "load_classification_file", "the text loader", args._sub)
-        return load(args.data)
-    if args.task == "parallel":
-        load = _import("miniattn.tasks.text", "load_parallel_files", "the parallel-text loader", args._sub)
-        return load(args.source_file, args.target_file)
+    if args.task in ("text-classification", "parallel"):
+        if args.task == "text-classification":
+            load = _import("miniattn.tasks.text", "load_classification_file", "the text loader", args._sub)
+            data = load(args.data)
+        else:
+            load = _import("miniattn.tasks.text", "load_parallel_files", "the parallel-text loader", args._sub)
+            data = load(args.source_file, args.target_file)
+        fraction = _option(args, "held_out")
+        if fraction == 0:
+            return data
+        Split = _import("miniattn.tasks.text", "HeldOutSplit", "the held-out split", args._sub)
+        return Split(data, fraction, rng)
     return ToyTask()
 
 

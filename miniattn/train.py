@@ -533,7 +533,9 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
     eval_every : int >= 1, default 10
         Evaluate after every ``eval_every``-th step, and also at step 0 and at step ``steps``.
     eval_size : int >= 1, default 256
-        Size of the fixed held-out batch, drawn once from its own stream.
+        Size of the fixed held-out batch, drawn once from its own stream. A task with a
+        ``held_out_batch()`` method (:class:`miniattn.tasks.HeldOutSplit`) is evaluated on that batch
+        instead, and ``eval_size`` is not used.
     out_dir : path, optional
         Where to write ``config.json``, ``metrics.jsonl`` and ``checkpoint.npz``; nothing is written
         when None.
@@ -583,7 +585,10 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
 
     train_ss, eval_ss = seed_streams(seed)
     train_rng = np.random.default_rng(train_ss)
-    eval_batch = task.sample(np.random.default_rng(eval_ss), eval_size)
+    # A finite dataset split by miniattn.tasks.HeldOutSplit evaluates on its held-out examples;
+    # an endless synthetic task on a fresh sample from its own stream.
+    held_out = getattr(task, "held_out_batch", None)
+    eval_batch = held_out() if callable(held_out) else task.sample(np.random.default_rng(eval_ss), eval_size)
 
     run_key = _plain({
         "seed": {"entropy": train_ss.entropy, "spawn_key": list(train_ss.spawn_key[:-1])},

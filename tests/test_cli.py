@@ -185,6 +185,11 @@ def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys):
     (["--mode", "permutation", "--vocab", "60", "--length", "40"], "vocab == length"),  # the task checks
     (["--mode", "subset", "--vocab", "3", "--length", "5"], "length <= vocab"),
     (["--model", "classifier", "--init-scale", "0"], "--init-scale must be > 0"),
+    (["--held-out", "0.2"], "--held-out applies only to --task text-classification/parallel"),
+    (["--model", "classifier", "--task", "text-classification", "--data", str(DATA / "sentiment.tsv"),
+      "--held-out", "1"], "--held-out"),
+    (["--model", "classifier", "--task", "text-classification", "--data", str(DATA / "sentiment.tsv"),
+      "--held-out", "0.01"], "empty part"),
     (["--steps", "-1"], "--steps"),
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "0"], "--lr"),
@@ -242,3 +247,28 @@ def test_info(capsys):
     status, out, _ = run(["info", "--json"], capsys)
     info = json.loads(out)
     assert status == 0 and info["versions"]["numpy"] == np.__version__
+
+
+@pytest.mark.parametrize("held_out", ["0.25", "0"])
+def test_text_tasks_evaluate_on_the_held_out_split(held_out, tmp_path, capsys, monkeypatch):
+    from miniattn import train as train_module
+    from miniattn.tasks import HeldOutSplit, ParallelDataset
+
+    seen = []
+    real_train = train_module.train
+
+    def spy(model, task, *args, **kwargs):
+        seen.append(task)
+        return real_train(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "train", spy)
+    argv = ["train", "--task", "parallel", "--source-file", str(DATA / "parallel.de"),
+            "--target-file", str(DATA / "parallel.en"), "--dim", "8", "--held-out", held_out, *TINY,
+            "--out", str(tmp_path / "run")]
+    status, out, err = run(argv, capsys)
+    assert status == 0, err
+    (task,) = seen
+    if held_out == "0":
+        assert isinstance(task, ParallelDataset)
+    else:
+        assert isinstance(task, HeldOutSplit) and len(task.held_out_indices) == 5  # 25% of 20 lines

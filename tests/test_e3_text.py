@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from analysis.experiments import e3_agreement as E3
-from miniattn.tasks import load_parallel_files
 
 DATA = Path(__file__).parent / "data"
 TEXT = DATA / "sentiment.tsv"
@@ -47,34 +46,6 @@ def test_changed_file_is_refused(tmp_path):
     f.write_bytes(TEXT.read_bytes() + b"neg\tbad\n")
     with pytest.raises(ValueError, match="changed"):
         E3._check_unchanged(rec)
-
-
-def test_held_out_split_is_a_partition_and_training_batches_avoid_it():
-    data = load_parallel_files(SRC, TGT)
-    split = E3.HeldOutSplit(data, np.random.default_rng(0))
-    n = len(data)
-    assert len(split.held_out_indices) == round(0.2 * n)
-    assert sorted(np.concatenate([split.held_out_indices, split.train_indices]).tolist()) == list(range(n))
-    held = split.held_out()
-    assert held.source.shape[0] == len(split.held_out_indices)
-    # Every training batch row equals some training example's row, never a held-out one.
-    train_rows = {data.batch([i]).source.tobytes() for i in split.train_indices}
-    held_rows = {data.batch([i]).source.tobytes() for i in split.held_out_indices}
-    batch = split.sample(np.random.default_rng(1), 64)
-    rows = {batch.source[j:j + 1].tobytes() for j in range(64)}
-    assert rows <= train_rows
-    assert not (rows & (held_rows - train_rows))
-
-
-def test_held_out_split_needs_both_parts():
-    class Two:
-        input_vocab_size = output_vocab_size = source_length = target_length = 1
-
-        def __len__(self):
-            return 2
-
-    with pytest.raises(ValueError, match="held-out"):
-        E3.HeldOutSplit(Two(), np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("task_name", ["text-classification", "text-translation"])

@@ -372,3 +372,75 @@ def test_parallel_dataset_validation_and_empty_targets():
         ParallelDataset([np.array([4])], [], v, v)
     with pytest.raises(ValueError, match=r"sources\[0\]"):
         ParallelDataset([[]], [[4]], v, v)
+
+
+# --------------------------------------------------------------------------------------------------
+# HeldOutSplit: a fixed held-out part of a finite dataset
+# --------------------------------------------------------------------------------------------------
+
+def _parallel():
+    return load_parallel_files(DATA / "parallel.de", DATA / "parallel.en")
+
+
+def test_held_out_split_is_a_partition_and_training_batches_avoid_it():
+    from miniattn.tasks import HeldOutSplit
+
+    data = _parallel()
+    split = HeldOutSplit(data, 0.2, np.random.default_rng(0))
+    n = len(data)
+    assert len(split.held_out_indices) == round(0.2 * n) and len(split) == n - round(0.2 * n)
+    assert sorted(np.concatenate([split.held_out_indices, split.train_indices]).tolist()) == list(range(n))
+    held = split.held_out_batch()
+    np.testing.assert_array_equal(held.source, data.batch(split.held_out_indices).source)
+    # Attributes are the dataset's, so models are built from the split unchanged.
+    assert (split.input_vocab_size, split.source_length, split.pad_id) == (
+        data.input_vocab_size, data.source_length, data.pad_id)
+    # A batch the size of the training part holds each training example exactly once.
+    batch = split.sample(np.random.default_rng(1), len(split))
+    rows = sorted(batch.source[j].tobytes() for j in range(len(split)))
+    assert rows == sorted(data.batch(split.train_indices).source[j].tobytes() for j in range(len(split)))
+
+
+def test_held_out_split_is_seeded():
+    from miniattn.tasks import HeldOutSplit
+
+    data = _parallel()
+    a = HeldOutSplit(data, 0.3, np.random.default_rng(7)).held_out_indices
+    b = HeldOutSplit(data, 0.3, np.random.default_rng(7)).held_out_indices
+    c = HeldOutSplit(data, 0.3, np.random.default_rng(8)).held_out_indices
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, True, "0.2", 0.001])
+def test_held_out_split_rejects_bad_fractions(fraction):
+    from miniattn.tasks import HeldOutSplit
+
+    with pytest.raises(ValueError, match="fraction|empty part"):
+        HeldOutSplit(_parallel(), fraction, np.random.default_rng(0))
+
+
+def test_held_out_split_rejects_a_non_dataset():
+    from miniattn.tasks import HeldOutSplit
+
+    with pytest.raises(TypeError, match="dataset"):
+        HeldOutSplit([1, 2, 3], 0.5, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng"):
+        HeldOutSplit(_parallel(), 0.5, 0)
+
+
+def test_train_evaluates_on_the_held_out_part():
+    from miniattn.models import Seq2SeqAttention
+    from miniattn.optim import Adam
+    from miniattn.tasks import HeldOutSplit
+    from miniattn.train import train
+
+    split = HeldOutSplit(_parallel(), 0.25, np.random.default_rng(0))
+    model = Seq2SeqAttention(split.input_vocab_size, split.output_vocab_size, split.source_length,
+                             split.target_length, dim=8, rng=np.random.default_rng(1))
+    seen = []
+    train(model, split, Adam(model.params, lr=1e-2), steps=2, batch_size=4, seed=3, eval_every=1,
+          eval_size=999, progress=False, metrics_fn=lambda m, b: seen.append(b.source.copy()) or {})
+    assert len(seen) == 3
+    for src in seen:
+        np.testing.assert_array_equal(src, split.held_out_batch().source)

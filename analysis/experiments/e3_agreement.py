@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.experiments import common as C
+from miniattn.tasks import HeldOutSplit
 
 EXP = "e3"
 MODULE = "analysis.experiments.e3_agreement"
@@ -100,31 +101,6 @@ def text_tasks(env) -> dict:
     return tasks
 
 
-class HeldOutSplit:
-    """A loaded text dataset split once into training and held-out examples.
-
-    ``sample`` draws training batches (with replacement) like a synthetic task; ``held_out`` returns
-    the held-out examples as one batch. The split is a permutation drawn from ``rng``.
-    """
-
-    def __init__(self, dataset, rng: np.random.Generator, fraction: float = HELD_OUT_FRACTION):
-        n = len(dataset)
-        n_held = int(round(fraction * n))
-        if n_held < 1 or n_held >= n:
-            raise ValueError(f"a {fraction:.0%} held-out split of {n} examples leaves an empty part; "
-                             "the data file needs at least 3 examples")
-        order = rng.permutation(n)
-        self.dataset, self.held_out_indices, self.train_indices = dataset, order[:n_held], order[n_held:]
-        for name in ("input_vocab_size", "output_vocab_size", "source_length", "target_length"):
-            setattr(self, name, getattr(dataset, name))
-
-    def sample(self, rng: np.random.Generator, batch_size: int):
-        return self.dataset.batch(rng.choice(self.train_indices, size=batch_size))
-
-    def held_out(self):
-        return self.dataset.batch(np.sort(self.held_out_indices))
-
-
 def _check_unchanged(record: dict) -> str:
     """The path of a data file whose contents still match the SHA-256 in the run config."""
     data = Path(record["path"]).read_bytes()
@@ -151,7 +127,7 @@ def _build(task_name: str, tc: dict, seqs, uniform: bool):
 
         data = load_classification_file(_check_unchanged(tc["file"]), lowercase=tc["lowercase"],
                                         min_count=tc["min_count"], max_length=tc["max_length"])
-        task = HeldOutSplit(data, np.random.default_rng(seqs[0]))
+        task = HeldOutSplit(data, HELD_OUT_FRACTION, np.random.default_rng(seqs[0]))
         model = AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=tc["dim"],
                                     uniform=uniform, rng=np.random.default_rng(seqs[1]))
     elif task_name == "text-translation":
@@ -160,7 +136,7 @@ def _build(task_name: str, tc: dict, seqs, uniform: bool):
         data = load_parallel_files(_check_unchanged(tc["source"]), _check_unchanged(tc["target"]),
                                    lowercase=tc["lowercase"], min_count=tc["min_count"],
                                    max_length=tc["max_length"])
-        task = HeldOutSplit(data, np.random.default_rng(seqs[0]))
+        task = HeldOutSplit(data, HELD_OUT_FRACTION, np.random.default_rng(seqs[0]))
         model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
                                  task.target_length, dim=tc["dim"], uniform=uniform,
                                  rng=np.random.default_rng(seqs[1]))
@@ -188,7 +164,10 @@ def run_one(config: dict) -> dict:
     _, twin = _build(name, tc, seqs, uniform=True)
     eval_rng = np.random.default_rng(seqs[3])
     # Real text: measure on the held-out part; synthetic tasks: a fresh sample.
-    eval_batch = task.held_out() if isinstance(task, HeldOutSplit) else task.sample(eval_rng, config["eval_size"])
+    if isinstance(task, HeldOutSplit):
+        eval_batch = task.held_out_batch()
+    else:
+        eval_batch = task.sample(eval_rng, config["eval_size"])
     fit_batch = task.sample(eval_rng, config["fit_size"])
     every = max(1, tc["steps"] // config["checkpoints"])
     out: dict = {}

@@ -73,6 +73,7 @@ from miniattn.tasks.copy import CopyTask  # noqa: E402
 from miniattn.tasks.keyword import KeywordClassificationTask  # noqa: E402
 from miniattn.tasks.text import (  # noqa: E402
     ClassificationDataset,
+    HeldOutSplit,
     ParallelDataset,
     Vocabulary,
     load_classification_file,
@@ -84,5 +85,5 @@ from miniattn.tasks.translation import TranslationTask  # noqa: E402
 __all__ = [
     "CopyTask", "KeywordClassificationTask", "TranslationTask",
     "Vocabulary", "tokenize", "load_classification_file", "load_parallel_files",
-    "ClassificationDataset", "ParallelDataset",
+    "ClassificationDataset", "ParallelDataset", "HeldOutSplit",
 ]
