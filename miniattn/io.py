@@ -118,6 +118,17 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask_file_mode() -> int:
+    # mkstemp creates its files with mode 0600; a result should get the mode that a plain open()
+    # would give it. Read once: os.umask can only be read by setting it, which is process-wide.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_file_mode()
+
+
 def _atomic_write(path: PathLike, write) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
     path = Path(path)
@@ -131,6 +142,7 @@ def _atomic_write(path: PathLike, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, path)
     except BaseException:
         # Includes KeyboardInterrupt: never leave the temporary file behind.

@@ -134,6 +134,16 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    io.atomic_write_text(tmp_path / "a.txt", "x")
+    io.atomic_save_npz(tmp_path / "b.npz", x=np.zeros(2))
+    for name in ("a.txt", "b.npz"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_atomic_write_argument_errors(tmp_path):
     with pytest.raises(TypeError, match="data"):
         io.atomic_write_bytes(tmp_path / "x", "not bytes")
