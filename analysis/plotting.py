@@ -130,10 +130,12 @@ def save_figure(fig, name: str, *, root: str | os.PathLike | None = None, close:
     return path
 
 
-def band_from_runs(curves: Sequence[np.ndarray] | np.ndarray, confidence: float = 0.95):
+def band_from_runs(curves: Sequence[np.ndarray] | np.ndarray, confidence: float = 0.95,
+                   bounds: tuple[float, float] | None = None):
     """Mean and a t-interval band over runs of equal length: returns ``mean, low, high`` (each (T,)).
 
-    With one run the band collapses to the curve.
+    With one run the band collapses to the curve. ``bounds = (lo, hi)`` clips the band to the range
+    the quantity can take (an accuracy's t-interval over two seeds can reach far outside [0, 1]).
     """
     from scipy import stats
 
@@ -145,7 +147,10 @@ def band_from_runs(curves: Sequence[np.ndarray] | np.ndarray, confidence: float 
     if n < 2:
         return mean, mean.copy(), mean.copy()
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * arr.std(axis=0, ddof=1) / np.sqrt(n)
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = np.clip(low, *bounds), np.clip(high, *bounds)
+    return mean, low, high
 
 
 __all__.append("band_from_runs")

@@ -78,6 +78,16 @@ def _link(target: Path, report_dir: Path, text: str | None = None) -> str:
     return f"[{text or rel}]({rel})"
 
 
+def _span_text(s: dict) -> str:
+    """How long the runs took on the clock, and how much of them the last compute step reused."""
+    span, reused, wall = s.get("runs_span_s"), s.get("runs_reused") or 0, s.get("wall_time_s")
+    text = f", computed within {_fmt_seconds(span)} of wall time" if span is not None else ""
+    if reused:
+        return text + (f"; the last compute step reused {reused} of them from earlier computes "
+                       f"and took {_fmt_seconds(wall)}")
+    return text + f"; wall time of the compute step {_fmt_seconds(wall)}"
+
+
 def _fmt_seconds(s: Any) -> str:
     if not isinstance(s, (int, float)) or not math.isfinite(s):
         return "unknown"
@@ -130,8 +140,7 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
         f"- Command: `{s.get('command') or ('python -m ' + info.module + ' compute')}` "
         f"(or `{make_cmd}`)",
         f"- Run time: {_fmt_seconds(s.get('compute_time_s'))} of compute over "
-        f"{len(s.get('runs') or [])} runs; wall time of the compute step "
-        f"{_fmt_seconds(s.get('wall_time_s'))}",
+        f"{len(s.get('runs') or [])} runs" + _span_text(s),
     ]
     if vers_txt:
         lines.append(f"- Versions: {vers_txt}")

@@ -291,6 +291,23 @@ def test_write_and_load_summary(tmp_path):
     assert "command" in s
     assert C.summary_is_current("ex", cfg, tmp_path)
     assert not C.summary_is_current("ex", dict(cfg, profile="full"), tmp_path)
+    assert s["runs_reused"] == 0 and s["runs_span_s"] >= 0
+
+
+def test_summary_counts_runs_reused_from_an_earlier_compute(tmp_path):
+    import datetime as dt
+
+    recs = C.run_sweep("ex", _runs(2), _toy_run, root=tmp_path, executor=C.SerialExecutor(),
+                       progress_stream=io.StringIO())
+    # Pretend the first run was computed an hour before this compute step and took 10 s.
+    hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    recs[0] = dict(recs[0], started=hour_ago.isoformat(timespec="seconds"),
+                   finished=(hour_ago + dt.timedelta(seconds=10)).isoformat(timespec="seconds"))
+    C.write_summary("ex", {"title": "T", "claims": []}, config={"profile": "default"}, runs=recs,
+                    started=dt.datetime.now(dt.timezone.utc).timestamp(), root=tmp_path)
+    s = C.load_summary("ex", tmp_path)
+    assert s["runs_reused"] == 1
+    assert 3590 <= s["runs_span_s"] <= 3700
 
 
 # --------------------------------------------------------------------------------------------------

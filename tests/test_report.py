@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis import report as R
@@ -85,6 +86,21 @@ def test_report_tables_links_and_missing(tmp_path):
 
     # Command and run time come from the summary's metadata.
     assert "- Command: `" in text and "Run time:" in text
+    assert "wall time of the compute step" in text and "reused" not in text
+
+
+def test_report_says_when_runs_were_reused(tmp_path):
+    results = tmp_path / "results"
+    _fake_results(results)
+    path = results / "e1" / "summary.json"
+    s = json.loads(path.read_text())
+    s.update(runs_reused=2, runs_span_s=480.0, wall_time_s=1.5, compute_time_s=900.0,
+             runs=["runs/a.json", "runs/b.json"])
+    path.write_text(json.dumps(s))
+    text = R.render_report(results, tmp_path)
+    line = next(x for x in text.splitlines() if x.startswith("- Run time:") and "15.0 min" in x)
+    assert "over 2 runs, computed within 8.0 min of wall time" in line
+    assert "reused 2 of them from earlier computes and took 1.5 s" in line
 
 
 def test_report_on_empty_results_lists_everything_missing(tmp_path):
@@ -137,6 +153,13 @@ def test_save_figure_writes_png_atomically(tmp_path):
         P.save_figure(fig, "a/b", root=tmp_path)
     with pytest.raises(ValueError, match="curves"):
         P.band_from_runs([])
+    # Two seeds far apart: the t-interval leaves [0, 1] unless clipped to the quantity's range.
+    mean, lo, hi = P.band_from_runs([[0.0, 0.0], [1.0, 1.0]])
+    assert lo.min() < 0 and hi.max() > 1
+    mean, lo, hi = P.band_from_runs([[0.0, 0.0], [1.0, 1.0]], bounds=(0.0, 1.0))
+    np.testing.assert_array_equal(lo, [0.0, 0.0])
+    np.testing.assert_array_equal(hi, [1.0, 1.0])
+    np.testing.assert_array_equal(mean, [0.5, 0.5])
 
 
 def test_e1_pipeline_end_to_end(tmp_path):

@@ -707,6 +707,11 @@ def write_summary(experiment: str, summary: Mapping[str, Any], *, config: Mappin
     """
     store = ResultStore(experiment, root)
     run_time = float(sum(r.get("runtime_s", 0.0) for r in runs))
+    # When the runs were computed: a compute step that reuses runs from an earlier one takes seconds,
+    # so its own wall time says nothing about what the results cost; the span of the runs does.
+    begun = [_dt.datetime.fromisoformat(r["started"]) for r in runs if r.get("started")]
+    ended = [_dt.datetime.fromisoformat(r["finished"]) for r in runs if r.get("finished")]
+    step_start = _dt.datetime.fromtimestamp(int(started), _dt.timezone.utc)
     record = dict(summary)
     record.update({
         "experiment": experiment, "config": dict(config), "config_hash": config_hash(config),
@@ -714,6 +719,8 @@ def write_summary(experiment: str, summary: Mapping[str, Any], *, config: Mappin
         "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds"),
         "finished": _now(), "wall_time_s": time.time() - started,
         "compute_time_s": run_time,
+        "runs_span_s": (max(ended) - min(begun)).total_seconds() if begun and ended else None,
+        "runs_reused": sum(b < step_start for b in begun),
         "runs": [os.fspath(store.run_path(r["name"]).relative_to(store.dir)) for r in runs],
         "seeds": [r.get("seed") for r in runs],
     })

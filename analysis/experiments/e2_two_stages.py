@@ -252,7 +252,8 @@ def plot(*, root=None) -> list:
         for j, panel in enumerate(panels):
             ax = axes[i, j]
             for key, label, color in panel:
-                mean, lo, hi = P.band_from_runs([d[key] for d in data])
+                # The margin is unbounded; attention and agreement are probabilities / fractions.
+                mean, lo, hi = P.band_from_runs([d[key] for d in data], bounds=None if j == 0 else (0.0, 1.0))
                 P.sim_band(ax, steps, mean, lo, hi, label=label, color=color)
             if j < 2:
                 for d in data:

@@ -201,14 +201,15 @@ def plot(*, root=None) -> list:
                     continue
                 for c in curves:
                     ax.plot(steps, c, color=P.COLORS[arm], alpha=0.25, linewidth=0.7)
-                mean, lo, hi = P.band_from_runs(curves)
+                mean, lo, hi = P.band_from_runs(curves, bounds=(0.0, 1.0))
                 P.sim_band(ax, steps, mean, lo, hi, label=f"{arm} (V={cfg['arms'][arm]}), mean ± 95% CI",
                            color=P.COLORS[arm])
                 if key == "token_accuracy":
                     ax.axhline(cfg["success_threshold"], color=P.COLORS["grey"], linestyle=":", linewidth=0.8)
                 P.finish_axes(ax, xlabel=P.STEPS_LABEL,
                               ylabel="token accuracy" if j == 0 else "attention accuracy",
-                              title=f"{st['optimizer']} lr={st['lr']:g}, d={st['dim']}",
+                              title=f"{st['optimizer']} lr={st['lr']:g}, d={st['dim']}, "
+                                    f"{st.get('dtype', 'float64')}, {st['seeds']} seeds/arm",
                               loc="center right" if j == 0 else "best")
     paths = [P.save_figure(fig, "e4_curves", root=root)]
 
