@@ -297,13 +297,18 @@ def read_jsonl(path: PathLike) -> list[dict]:
 # Run metadata
 # --------------------------------------------------------------------------------------------------
 
+#: Paths (from the repository top) of generated files that are committed but are not code.
+GENERATED_OUTPUTS = ("results", "REPORT.md")
+
+
 def git_info(path: PathLike | None = None) -> dict | None:
     """Git revision and dirty flag of the work tree containing ``path``, or None if unavailable.
 
     ``path`` defaults to the directory of this package, so the revision describes the code that ran,
     not the current working directory. Returns ``{"revision": sha, "dirty": bool}``; ``dirty`` counts
-    modified tracked files only (untracked result files are not a change to the code). Never raises:
-    no git executable, not a repository, or a slow git all give None.
+    modified tracked files only, and not the generated outputs the repository keeps (``results/``
+    and ``REPORT.md`` at its top): writing results is not a change to the code. Never raises: no
+    git executable, not a repository, or a slow git all give None.
     """
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     if not cwd.is_dir():
@@ -311,8 +316,9 @@ def git_info(path: PathLike | None = None) -> dict | None:
     try:
         revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                                   text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ":(top)", *(f":(top,exclude){p}" for p in GENERATED_OUTPUTS)],
+                                cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     if not revision:

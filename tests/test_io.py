@@ -276,6 +276,34 @@ def test_git_info_inside_and_outside_a_repository(tmp_path):
     assert isinstance(inside["dirty"], bool)
 
 
+def test_git_info_dirty_counts_code_not_committed_results(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git executable")
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "e1").mkdir(parents=True)
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "e1" / "summary.json").write_text("{}\n")
+    (tmp_path / "REPORT.md").write_text("# r\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "init")
+    assert io.git_info(tmp_path / "pkg")["dirty"] is False
+    (tmp_path / "results" / "e1" / "summary.json").write_text('{"new": 1}\n')
+    (tmp_path / "REPORT.md").write_text("# regenerated\n")
+    assert io.git_info(tmp_path / "pkg")["dirty"] is False
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert io.git_info(tmp_path / "pkg")["dirty"] is True
+
+
 def test_git_info_without_git_executable(monkeypatch):
     monkeypatch.setenv("PATH", "")
     assert io.git_info() is None
