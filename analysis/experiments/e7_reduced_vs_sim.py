@@ -189,6 +189,8 @@ def compute(profile: str | None = None, *, root=None, executor=None) -> dict:
 
 def plot(*, root=None) -> list:
     """One row per comparison: δ and α_d (and p(gold)) vs τ, simulation as points, ODE as lines."""
+    from matplotlib.ticker import MaxNLocator
+
     from analysis import plotting as P
 
     s = C.load_summary(EXP, root)
@@ -212,6 +214,7 @@ def plot(*, root=None) -> list:
                 title = (f"{comp['name']}: sim {'τ=%.0f' % ts if ts else 'not learned'}, "
                          f"ODE {'τ=%.0f' % to if to else 'not learned'}")
             P.finish_axes(ax, xlabel=P.TAU_LABEL, ylabel=label, title=title, legend=(i == 0 and j == 0))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # τ reaches 1.5e4: default ticks collide
     return [P.save_figure(fig, "e7_reduced_vs_sim", root=root)]
 
 
