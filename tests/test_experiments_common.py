@@ -412,3 +412,21 @@ def test_keyed_run_and_success_summary():
 def test_summarize_bounds_clip_the_interval():
     s = C.summarize([0.0, 1.0], bounds=(0.0, 1.0))
     assert s["ci_low"] == 0.0 and s["ci_high"] == 1.0 and s["mean"] == 0.5
+
+
+def test_experiment_cli_reports_an_interrupt_and_exits_130(monkeypatch, capsys, tmp_path):
+    import sys
+    import types
+
+    fake = types.ModuleType("fake_experiment_for_cli")
+    fake.EXP = "ex"
+
+    def compute(profile):
+        raise KeyboardInterrupt
+
+    fake.compute = compute
+    fake.plot = lambda: None
+    monkeypatch.setitem(sys.modules, "fake_experiment_for_cli", fake)
+    monkeypatch.setenv("MINIATTN_RESULTS", str(tmp_path))
+    assert C.experiment_cli("fake_experiment_for_cli", ["compute", "--results", str(tmp_path)]) == 130
+    assert "[ex] interrupted: finished runs are kept" in capsys.readouterr().err

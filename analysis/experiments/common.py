@@ -770,10 +770,16 @@ def experiment_cli(module_name: str, argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.results is not None:
         os.environ["MINIATTN_RESULTS"] = args.results
-    if args.step in ("compute", "all"):
-        profile = get_profile(args.profile)
-        _INVOCATION["command"] = f"python -m {module_name} compute --profile {profile}"
-        mod.compute(profile)
-    if args.step in ("plot", "all"):
-        mod.plot()
+    try:
+        if args.step in ("compute", "all"):
+            profile = get_profile(args.profile)
+            _INVOCATION["command"] = f"python -m {module_name} compute --profile {profile}"
+            mod.compute(profile)
+        if args.step in ("plot", "all"):
+            mod.plot()
+    except KeyboardInterrupt:
+        # Finished runs are already on disk (each written atomically as it finished).
+        print(f"[{getattr(mod, 'EXP', module_name)}] interrupted: finished runs are kept; rerun the same "
+              "command to compute only the rest", file=sys.stderr, flush=True)
+        return 130
     return 0
