@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class NonFiniteError(ValueError):
+    """An array that must be finite holds NaN or inf (a ``ValueError``, so callers may catch either)."""
+
+
 def float_array(name: str, x, ndim: int | None = None, *, min_ndim: int | None = None,
                 allow_empty: bool = False) -> np.ndarray:
     """Return ``x`` as a finite floating-point array, or raise naming ``name``.
@@ -29,7 +33,7 @@ def float_array(name: str, x, ndim: int | None = None, *, min_ndim: int | None =
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise NonFiniteError(f"{name} contains NaN or inf")
     return arr
 
 
@@ -68,3 +72,48 @@ def bool_array(name: str, x, shape: tuple[int, ...]) -> np.ndarray:
 def result_dtype(*arrays: np.ndarray) -> np.dtype:
     """The common floating dtype of the given arrays (float32 only if all are float32)."""
     return np.result_type(*[a.dtype for a in arrays if a is not None])
+
+
+def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as a Python int in ``[low, high]`` (either bound may be None), or raise.
+
+    A non-integer (including ``bool``, ``float`` and ``None``) is a ``TypeError``; an integer out of
+    range a ``ValueError``. Booleans are refused: ``True`` is an int in Python, never a meaningful size.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            allowed = f">= {low}"
+        elif low is None:
+            allowed = f"<= {high}"
+        else:
+            allowed = f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def flag(name: str, value) -> bool:
+    """Return ``value`` if it is a ``bool`` (or ``numpy.bool_``), else raise ``TypeError``.
+
+    ``bool(x)`` would accept anything: the string ``"False"`` is truthy.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def real(name: str, value, *, low: float | None = None, high: float | None = None,
+         low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` as a finite Python float within the given bounds, or raise naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value

@@ -33,6 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from miniattn import __version__, io
+from miniattn.models import (AttentionClassifier, FreeAttentionCopyModel, GatedToyClassifier,
+                             Seq2SeqAttention)
+from miniattn.models.toy import toy_batch
+from miniattn.optim import make_optimizer
+from miniattn.tasks import (CopyTask, FixedBatchTask, HeldOutSplit, KeywordClassificationTask, TranslationTask,
+                            load_classification_file, load_parallel_files)
 from miniattn.train import CONFIG_NAME, METRICS_NAME, TrainingDiverged, train
 
 __all__ = ["main", "build_parser", "MODELS", "TASKS", "COMPATIBLE_TASKS"]
@@ -213,34 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 # train
 # --------------------------------------------------------------------------------------------------
 
-class ToyTask:
-    """The blog's warm-up data as a task: always the two sequences {0,0} -> 0 and {0,1} -> 1.
-
-    ``sample`` ignores ``batch_size`` (the toy model's flow is defined on exactly this batch).
-    """
-
-    input_vocab_size = output_vocab_size = 2
-    source_length = 2
-    target_length = 1
-    pad_id = bos_id = eos_id = None
-
-    def sample(self, rng, batch_size):
-        from miniattn.models.toy import toy_batch
-        return toy_batch()
-
-    def config(self) -> dict:
-        return {"task": "toy"}
-
-
-def _import(module: str, name: str, what: str, parser):
-    """Import ``name`` from ``module``; a missing one is a clear usage error, not a traceback."""
-    import importlib
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        parser.error(f"{what} is not available in this installation ({module}.{name}: {err})")
-
-
 def _check_combination(args, parser) -> None:
     allowed = COMPATIBLE_TASKS[args.model]
     if args.task is None:
@@ -281,50 +259,38 @@ def _option(args, dest):
 
 def _build_task(args, rng: np.random.Generator):
     if args.task == "copy":
-        CopyTask = _import("miniattn.tasks.copy", "CopyTask", "the copy task", args._sub)
         return CopyTask(_option(args, "length"), _option(args, "vocab"), _option(args, "mode"),
                         specials=args.model != "free-copy")
     if args.task == "keyword":
-        Keyword = _import("miniattn.tasks.keyword", "KeywordClassificationTask", "the keyword task", args._sub)
-        return Keyword(_option(args, "vocab"), _option(args, "length"), n_classes=_option(args, "n_classes"))
+        return KeywordClassificationTask(_option(args, "vocab"), _option(args, "length"),
+                                         n_classes=_option(args, "n_classes"))
     if args.task == "translation":
-        Translation = _import("miniattn.tasks.translation", "TranslationTask", "the translation task",
-                              args._sub)
         vocab = _option(args, "vocab")
-        return Translation(vocab, args.target_vocab or vocab, _option(args, "length"), rng=rng)
+        return TranslationTask(vocab, args.target_vocab or vocab, _option(args, "length"), rng=rng)
     if args.task in ("text-classification", "parallel"):
         if args.task == "text-classification":
-            load = _import("miniattn.tasks.text", "load_classification_file", "the text loader", args._sub)
-            data = load(args.data)
+            data = load_classification_file(args.data)
         else:
-            load = _import("miniattn.tasks.text", "load_parallel_files", "the parallel-text loader", args._sub)
-            data = load(args.source_file, args.target_file)
+            data = load_parallel_files(args.source_file, args.target_file)
         fraction = _option(args, "held_out")
         if fraction == 0:
             return data
-        Split = _import("miniattn.tasks.text", "HeldOutSplit", "the held-out split", args._sub)
-        return Split(data, fraction, rng)
-    return ToyTask()
+        return HeldOutSplit(data, fraction, rng)
+    return FixedBatchTask(toy_batch(), name="toy", vocab_sizes=(2, 2))
 
 
 def _build_model(args, task, rng: np.random.Generator):
     init = {} if args.init_scale is None else {"init_scale": args.init_scale}
     if args.model == "seq2seq":
-        Model = _import("miniattn.models.seq2seq", "Seq2SeqAttention", "the seq2seq model", args._sub)
-        return Model(task.input_vocab_size, task.output_vocab_size, task.source_length, task.target_length,
-                     dim=_option(args, "dim"), heads=args.heads or 1, uniform=args.uniform, rng=rng, **init)
+        return Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length, task.target_length,
+                                dim=_option(args, "dim"), heads=args.heads or 1, uniform=args.uniform, rng=rng, **init)
     if args.model == "classifier":
-        Model = _import("miniattn.models.classifier", "AttentionClassifier", "the attention classifier",
-                        args._sub)
-        return Model(task.input_vocab_size, task.output_vocab_size, dim=_option(args, "dim"),
+        return AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=_option(args, "dim"),
                      score_hidden=args.score_hidden, uniform=args.uniform, rng=rng, **init)
     if args.model == "free-copy":
-        Model = _import("miniattn.models.free_copy", "FreeAttentionCopyModel", "the free-parameter copy model",
-                        args._sub)
-        return Model(task.length, task.vocab, factorised=args.factorised, dim=args.dim,
+        return FreeAttentionCopyModel(task.length, task.vocab, factorised=args.factorised, dim=args.dim,
                      uniform=args.uniform, rng=rng, **init)
-    Model = _import("miniattn.models.toy", "GatedToyClassifier", "the toy gated classifier", args._sub)
-    return Model(uniform=args.uniform, rng=rng, **init)
+    return GatedToyClassifier(uniform=args.uniform, rng=rng, **init)
 
 
 def _format_record(record: dict) -> str:
@@ -352,7 +318,6 @@ def _run_train(args, parser) -> int:
     except (ValueError, TypeError) as err:
         # The constructors name the offending argument and its allowed range.
         parser.error(str(err))
-    from miniattn.optim import make_optimizer
     opt_kwargs: dict[str, Any] = {} if args.lr is None else {"lr": args.lr}
     if args.optimizer == "sgd":
         opt_kwargs["momentum"] = args.momentum

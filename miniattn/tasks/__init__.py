@@ -15,6 +15,7 @@ Modules
 copy         :class:`CopyTask` (permutation / subset / replacement copying)
 keyword      :class:`KeywordClassificationTask` (Zipf filler with planted label words)
 translation  :class:`TranslationTask` (random bilingual lexicon with a ground-truth alignment)
+fixed        :class:`FixedBatchTask` (one fixed batch: full-batch gradient descent)
 text         :class:`Vocabulary`, :func:`tokenize`, :func:`load_classification_file`,
              :func:`load_parallel_files` and the datasets they return
 
@@ -81,9 +82,10 @@ from miniattn.tasks.text import (  # noqa: E402
     tokenize,
 )
 from miniattn.tasks.translation import TranslationTask  # noqa: E402
+from miniattn.tasks.fixed import FixedBatchTask  # noqa: E402
 
 __all__ = [
-    "CopyTask", "KeywordClassificationTask", "TranslationTask",
+    "CopyTask", "KeywordClassificationTask", "TranslationTask", "FixedBatchTask",
     "Vocabulary", "tokenize", "load_classification_file", "load_parallel_files",
     "ClassificationDataset", "ParallelDataset", "HeldOutSplit",
 ]

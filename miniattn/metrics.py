@@ -1,0 +1,215 @@
+"""Evaluation metrics of a trained model on a held-out batch.
+
+* :func:`token_accuracy` — argmax output = gold output, over counted positions;
+* :func:`attention_accuracy` — argmax attention on the aligned source position (seq2seq);
+* :func:`salient_attention_accuracy` — argmax attention on a planted label word (classification);
+* :func:`evaluate` — the held-out record :func:`miniattn.train.train` logs at every evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from miniattn import io
+
+__all__ = ["BUILTIN_METRICS", "token_accuracy", "attention_accuracy", "salient_attention_accuracy",
+           "evaluate", "plain_record"]
+
+#: Keys of every evaluation record that :func:`evaluate` (and the training loop) fill in;
+#: ``metrics_fn`` may not reuse them.
+BUILTIN_METRICS = ("step", "train_loss", "loss", "token_accuracy", "attention_accuracy",
+                   "attention_accuracy_per_head")
+
+
+def _gold_and_mask(batch) -> tuple[np.ndarray, np.ndarray]:
+    """Gold outputs (B, T) and the mask of counted positions (B, T) of a seq2seq or classification batch."""
+    if hasattr(batch, "target_out"):
+        return np.asarray(batch.target_out), np.asarray(batch.target_mask, dtype=bool)
+    if hasattr(batch, "labels"):
+        labels = np.asarray(batch.labels)
+        return labels[:, None], np.ones((labels.shape[0], 1), dtype=bool)
+    raise TypeError(f"batch must be a Seq2SeqBatch or a ClassificationBatch (with target_out or labels), "
+                    f"got {type(batch).__name__}")
+
+
+def token_accuracy(log_probs, gold, mask=None) -> float:
+    """Fraction of counted output positions whose argmax class is the gold output.
+
+    ``acc = Σ_{b,t} m_{bt} [argmax_c log_probs[b,t,c] = gold[b,t]] / Σ_{b,t} m_{bt}``
+
+    Parameters
+    ----------
+    log_probs : float array (B, T, C)
+    gold : int array (B, T)
+    mask : bool array (B, T), optional
+        True where the position counts (default: all).
+
+    Returns
+    -------
+    float (NaN when no position counts).
+    """
+    log_probs = np.asarray(log_probs)
+    gold = np.asarray(gold)
+    if log_probs.ndim != 3:
+        raise ValueError(f"log_probs must have shape (B, T, C), got {log_probs.shape}")
+    if gold.shape != log_probs.shape[:2]:
+        raise ValueError(f"gold must have shape {log_probs.shape[:2]}, got {gold.shape}")
+    mask = np.ones(gold.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != gold.shape:
+        raise ValueError(f"mask must have shape {gold.shape}, got {mask.shape}")
+    counted = int(mask.sum())
+    if counted == 0:
+        return math.nan
+    hits = (np.argmax(log_probs, axis=-1) == gold) & mask
+    return float(hits.sum() / counted)
+
+
+def _hit_rate(attention: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Fraction of rows (b, t) with any target whose argmax attention lands on a target position.
+
+    attention (..., B, T, S), targets bool (B, T, S) -> array (...) (NaN where no row has a target).
+    """
+    if attention.shape[-3:] != targets.shape:
+        raise ValueError(f"attention must end with shape {targets.shape}, got {attention.shape}")
+    valid = targets.any(axis=-1)                                        # (B, T)
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return np.full(attention.shape[:-3], np.nan)
+    pred = np.argmax(attention, axis=-1)                                # (..., B, T)
+    # targets[b, t, pred[..., b, t]] by broadcasting the (B, T, S) targets against the leading axes.
+    hit = np.take_along_axis(np.broadcast_to(targets, attention.shape), pred[..., None], axis=-1)[..., 0]
+    return (hit & valid).sum(axis=(-2, -1)) / n_valid
+
+
+def attention_accuracy(attention, alignment, mask=None):
+    """Fraction of aligned output positions whose most-attended source position is the aligned one.
+
+    ``acc = Σ [argmax_s α[b,t,s] = a[b,t]] / #{(b,t) : m_{bt} and a[b,t] >= 0}``
+
+    Parameters
+    ----------
+    attention : float array (B, T, S), or (H, B, T, S) for H heads
+    alignment : int array (B, T)
+        Aligned source position of each output position; -1 where there is none (not counted).
+    mask : bool array (B, T), optional
+        Output positions that count (default: all).
+
+    Returns
+    -------
+    float, or float array (H,) (one accuracy per head) for 4-d attention; NaN when no position counts.
+    """
+    attention = np.asarray(attention)
+    alignment = np.asarray(alignment)
+    if attention.ndim not in (3, 4):
+        raise ValueError(f"attention must have shape (B, T, S) or (H, B, T, S), got {attention.shape}")
+    B, T, S = attention.shape[-3:]
+    if alignment.shape != (B, T):
+        raise ValueError(f"alignment must have shape {(B, T)}, got {alignment.shape}")
+    if alignment.dtype.kind not in "iu":
+        raise TypeError(f"alignment must be an integer array, got dtype {alignment.dtype}")
+    if alignment.size and (alignment.min() < -1 or alignment.max() >= S):
+        raise ValueError(f"alignment must lie in [-1, {S}), got values in [{alignment.min()}, {alignment.max()}]")
+    mask = np.ones((B, T), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != (B, T):
+        raise ValueError(f"mask must have shape {(B, T)}, got {mask.shape}")
+    # One-hot of the aligned position, empty where there is no alignment or the output is masked.
+    targets = (np.arange(S) == alignment[..., None]) & (mask & (alignment >= 0))[..., None]
+    rate = _hit_rate(attention, targets)
+    return float(rate) if attention.ndim == 3 else rate
+
+
+def salient_attention_accuracy(attention, salient):
+    """Classifier attention accuracy: fraction of sequences whose most-attended token is a salient one.
+
+    ``acc = Σ_b [salient[b, argmax_s α[b,0,s]]] / #{b : any salient[b]}``
+
+    Parameters
+    ----------
+    attention : float array (B, 1, S), or (H, B, 1, S)
+    salient : bool array (B, S)
+        Planted label words; sequences without any are not counted.
+
+    Returns
+    -------
+    float, or float array (H,) for 4-d attention; NaN when no sequence has a salient token.
+    """
+    attention = np.asarray(attention)
+    salient = np.asarray(salient)
+    if attention.ndim not in (3, 4) or attention.shape[-2] != 1:
+        raise ValueError(f"attention must have shape (B, 1, S) or (H, B, 1, S), got {attention.shape}")
+    if salient.dtype != np.bool_:
+        raise TypeError(f"salient must be a boolean array, got dtype {salient.dtype}")
+    if salient.shape != (attention.shape[-3], attention.shape[-1]):
+        raise ValueError(f"salient must have shape {(attention.shape[-3], attention.shape[-1])}, "
+                         f"got {salient.shape}")
+    rate = _hit_rate(attention, salient[:, None, :])
+    return float(rate) if attention.ndim == 3 else rate
+
+
+def plain_record(record: Mapping) -> dict:
+    """The record as plain JSON values, exactly as it will read back from metrics.jsonl."""
+    return json.loads(io.dumps_json(record))
+
+
+def evaluate(model, batch, metrics_fn: Callable | None = None) -> dict:
+    """Evaluate ``model`` on ``batch``: held-out loss, token accuracy, attention accuracy, extras.
+
+    * ``loss`` = −Σ m_{bt} log p(gold_{bt}) / Σ m_{bt} (mean cross-entropy over counted outputs),
+      computed from ``model.forward(batch).log_probs``.
+    * ``token_accuracy`` — :func:`token_accuracy`.
+    * ``attention_accuracy`` — for a seq2seq batch with ``alignment``: :func:`attention_accuracy` of
+      the attention (for a multi-head model, of the head-averaged attention, which is what the
+      model's averaged context uses); for a classification batch with ``salient``:
+      :func:`salient_attention_accuracy`; None otherwise.
+    * ``attention_accuracy_per_head`` — multi-head models only: the same accuracy per head (list).
+    * the entries of ``metrics_fn(model, batch)`` (a mapping), if given.
+
+    Returns
+    -------
+    dict of plain JSON values (NaN -> None).
+    """
+    gold, mask = _gold_and_mask(batch)
+    result = model.forward(batch)
+    log_probs = np.asarray(result.log_probs)
+    attention = np.asarray(result.attention)
+    if log_probs.ndim != 3 or log_probs.shape[:2] != gold.shape:
+        raise ValueError(f"model.forward returned log_probs of shape {log_probs.shape}; "
+                         f"expected (B, T, C) with (B, T) = {gold.shape}")
+    counted = int(mask.sum())
+    # Gold ids at uncounted positions may be anything (padding); index with a safe 0 there.
+    safe_gold = np.where(mask, gold, 0)
+    gold_log_probs = np.take_along_axis(log_probs, safe_gold[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):  # -inf * 0 at masked positions is discarded by the where
+        total = np.sum(np.where(mask, gold_log_probs, 0.0))
+    record: dict[str, Any] = {
+        "loss": float(-total / counted) if counted else math.nan,
+        "token_accuracy": token_accuracy(log_probs, gold, mask),
+        "attention_accuracy": None,
+    }
+    per_head = None
+    if getattr(batch, "alignment", None) is not None and hasattr(batch, "target_out"):
+        if attention.ndim == 4:
+            per_head = attention_accuracy(attention, batch.alignment, mask)
+        record["attention_accuracy"] = attention_accuracy(
+            attention.mean(axis=0) if attention.ndim == 4 else attention, batch.alignment, mask)
+    elif getattr(batch, "salient", None) is not None and hasattr(batch, "labels"):
+        if attention.ndim == 4:
+            per_head = salient_attention_accuracy(attention, batch.salient)
+        record["attention_accuracy"] = salient_attention_accuracy(
+            attention.mean(axis=0) if attention.ndim == 4 else attention, batch.salient)
+    if per_head is not None:
+        record["attention_accuracy_per_head"] = per_head
+    if metrics_fn is not None:
+        extra = metrics_fn(model, batch)
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"metrics_fn must return a mapping, got {type(extra).__name__}")
+        clash = sorted(set(extra) & set(BUILTIN_METRICS))
+        if clash:
+            raise ValueError(f"metrics_fn must not return the built-in metric names {clash}")
+        record.update(extra)
+    return plain_record(record)
+

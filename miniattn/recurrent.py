@@ -1,0 +1,604 @@
+"""Hand-written recurrent blocks: LSTM, GRU and a bidirectional LSTM, with backpropagation through time.
+
+The same CS231n-style pairs as :mod:`miniattn.layers`::
+
+    (outputs, final), cache = x_forward(...)
+    grads = x_backward(doutputs, dfinal, cache)
+
+Conventions
+-----------
+* Shapes: ``x`` is (B, T, D) batch-major; states are (B, H); weights act on the right
+  (``x W_x``, ``h W_h``) with the gates stacked along the last axis in PyTorch's order, so a
+  ``torch.nn.LSTM`` / ``torch.nn.GRU`` layer maps as ``W_x = weight_ih.T``, ``W_h = weight_hh.T``
+  (LSTM: ``b = bias_ih + bias_hh``; GRU: ``b_x = bias_ih``, ``b_h = bias_hh``).
+* Padding: ``mask`` (B, T) is True at real tokens. Where it is False the step is skipped — the state
+  is carried over unchanged (``h_t = h_{t-1}``, ``c_t = c_{t-1}``) — and the output at that position
+  is exactly 0. Hence the final state of a right-padded row is its state after its last real token,
+  and a row's results do not depend on how much padding follows (or sits between) its tokens.
+* ``reverse=True`` runs the recurrence from position T-1 down to 0. Because padded steps carry the
+  state, the reverse direction of a right-padded row effectively *starts at its last real token*
+  (the padded tail leaves the initial state untouched) and visits exactly the real tokens right to
+  left; this needs no per-row index flipping and holds for any mask, not only right-padded ones.
+* The only Python loop is the loop over time steps (the recurrence itself). The input projection
+  ``x W_x + b`` of all steps is one GEMM before the loop, and the weight gradients are one GEMM
+  each after it. Internally the per-step arrays are time-major (T, B, ...) so that each step reads
+  and writes contiguous (B, ...) blocks; outputs and gradients are returned batch-major.
+* Arrays are float64 by default; if every float input is float32 everything stays float32.
+  Inputs are validated (:mod:`miniattn._validate`) and never modified.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import expit
+
+from miniattn._validate import bool_array, float_array, result_dtype
+
+__all__ = [
+    "LSTMState", "LSTMCache", "LSTMGrads", "lstm_forward", "lstm_backward",
+    "GRUCache", "GRUGrads", "gru_forward", "gru_backward",
+    "LSTMParams", "BiLSTMCache", "BiLSTMGrads", "bilstm_forward", "bilstm_backward",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared validation
+# --------------------------------------------------------------------------------------------------
+
+def _sequence(x, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate x (B, T, D) and the (B, T) token mask; an all-True mask becomes None (fast path)."""
+    x = float_array("x", x, ndim=3)
+    B, T, _ = x.shape
+    if mask is None:
+        return x, None
+    mask = bool_array("mask", mask, (B, T))
+    empty = ~mask.any(axis=1)
+    if np.any(empty):
+        raise ValueError(f"mask has rows with no real token (batch rows {np.flatnonzero(empty)[:5].tolist()}); "
+                         "every sequence needs at least one True")
+    return x, (None if np.all(mask) else mask)
+
+
+def _weights(D: int, n_gates: int, W_x, W_h, biases: dict, prefix: str = ""):
+    """Validate W_x (D, nH), W_h (H, nH) and biases (nH,); H is read from W_h."""
+    W_h = float_array(prefix + "W_h", W_h, ndim=2)
+    H = W_h.shape[0]
+    if W_h.shape != (H, n_gates * H):
+        raise ValueError(f"{prefix}W_h must have shape (H, {n_gates}H) (gates stacked along axis 1), "
+                         f"got {W_h.shape}")
+    W_x = float_array(prefix + "W_x", W_x, ndim=2)
+    if W_x.shape != (D, n_gates * H):
+        raise ValueError(f"{prefix}W_x must have shape (D, {n_gates}H) = {(D, n_gates * H)} "
+                         f"(D from x, H from W_h), got {W_x.shape}")
+    checked = []
+    for name, bias in biases.items():
+        bias = float_array(prefix + name, bias, ndim=1)
+        if bias.shape != (n_gates * H,):
+            raise ValueError(f"{prefix}{name} must have shape ({n_gates}H,) = {(n_gates * H,)}, got {bias.shape}")
+        checked.append(bias)
+    return W_x, W_h, checked, H
+
+
+def _state(name: str, state, B: int, H: int, dtype) -> np.ndarray:
+    """Validate an initial state (B, H); None means zeros."""
+    if state is None:
+        return np.zeros((B, H), dtype=dtype)
+    state = float_array(name, state, ndim=2)
+    if state.shape != (B, H):
+        raise ValueError(f"{name} must have shape (B, H) = {(B, H)}, got {state.shape}")
+    return state
+
+
+def _upstream(name: str, d, shape: tuple) -> np.ndarray | None:
+    """Validate an upstream gradient of a given shape (None stays None: a zero gradient)."""
+    if d is None:
+        return None
+    d = float_array(name, d, ndim=len(shape))
+    if d.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {d.shape}")
+    return d
+
+
+def _pair(name: str, value, parts: str) -> tuple:
+    """``None`` → (None, None); otherwise unpack exactly two entries or raise naming ``name``."""
+    if value is None:
+        return None, None
+    if isinstance(value, np.ndarray):   # a (2, B, H) array would unpack, but a lone (B, H) one is a mistake
+        raise TypeError(f"{name} must be None or a pair {parts} (a tuple), got an array of shape {value.shape}")
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be None or a pair {parts}") from None
+    return first, second
+
+
+def _time_major(a: np.ndarray) -> np.ndarray:
+    """(B, T, ...) → contiguous (T, B, ...)."""
+    return np.ascontiguousarray(np.swapaxes(a, 0, 1))
+
+
+def _batch_major(a: np.ndarray) -> np.ndarray:
+    """(T, B, ...) → contiguous (B, T, ...)."""
+    return np.ascontiguousarray(np.swapaxes(a, 0, 1))
+
+
+def _input_projection(x: np.ndarray, W_x: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x W_x + b`` for every step at once, time-major (T, B, nH): one (T·B, D) @ (D, nH) GEMM."""
+    B, T, D = x.shape
+    return (_time_major(x).reshape(T * B, D) @ W_x + b).reshape(T, B, -1)
+
+
+def _steps(T: int, reverse: bool) -> range:
+    """Positions in the order the recurrence visits them."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _input_grads(x: np.ndarray, W_x: np.ndarray, dxw: np.ndarray):
+    """From ``d(x W_x + b)`` (T, B, nH) time-major: dx (B, T, D), dW_x (D, nH), db (nH,)."""
+    B, T, D = x.shape
+    flat = _batch_major(dxw).reshape(B * T, -1)
+    dx = (flat @ np.ascontiguousarray(W_x.T)).reshape(B, T, D)
+    dW_x = x.reshape(B * T, D).T @ flat
+    return dx, dW_x, flat.sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# LSTM
+# --------------------------------------------------------------------------------------------------
+
+class LSTMState(NamedTuple):
+    h: np.ndarray   #: (B, H) hidden state
+    c: np.ndarray   #: (B, H) cell state
+
+
+class LSTMCache(NamedTuple):
+    x: np.ndarray             #: (B, T, D)
+    W_x: np.ndarray           #: (D, 4H)
+    W_h: np.ndarray           #: (H, 4H)
+    mask: np.ndarray | None   #: (B, T) bool, True = real token; None when every token is real
+    reverse: bool
+    h_prev: np.ndarray        #: (T, B, H) time-major: hidden state entering the step at position t
+    c_prev: np.ndarray        #: (T, B, H) cell state entering the step at position t
+    gates: np.ndarray         #: (T, B, 4H) activations i, f, g, o at position t
+    tanh_c: np.ndarray        #: (T, B, H) tanh of the new cell state at position t
+    dtype: np.dtype
+
+
+class LSTMGrads(NamedTuple):
+    x: np.ndarray      #: (B, T, D)
+    h0: np.ndarray     #: (B, H)
+    c0: np.ndarray     #: (B, H)
+    W_x: np.ndarray    #: (D, 4H)
+    W_h: np.ndarray    #: (H, 4H)
+    b: np.ndarray      #: (4H,)
+
+
+def _lstm_inputs(x, h0, c0, W_x, W_h, b, prefix=""):
+    """Validate the LSTM parameters against an already validated x; returns them and the dtype."""
+    B, _, D = x.shape
+    W_x, W_h, (b,), H = _weights(D, 4, W_x, W_h, {"b": b}, prefix)
+    dtype = result_dtype(x, W_x, W_h, b)
+    h0 = _state(prefix + "h0", h0, B, H, dtype)
+    c0 = _state(prefix + "c0", c0, B, H, dtype)
+    return h0, c0, W_x, W_h, b, result_dtype(x, h0, c0, W_x, W_h, b)
+
+
+def _lstm_scan(x, h0, c0, W_x, W_h, b, mask, reverse, dtype):
+    """The LSTM recurrence on validated inputs: returns outputs (B, T, H), LSTMState, LSTMCache."""
+    B, T, _ = x.shape
+    H = W_h.shape[0]
+    xw = _input_projection(x, W_x, b)                        # (T, B, 4H)
+    mask_t = None if mask is None else mask.T[:, :, None]    # (T, B, 1)
+    h_prev = np.empty((T, B, H), dtype=dtype)
+    c_prev = np.empty((T, B, H), dtype=dtype)
+    gates = np.empty((T, B, 4 * H), dtype=dtype)
+    tanh_c = np.empty((T, B, H), dtype=dtype)
+    out = np.zeros((T, B, H), dtype=dtype)
+    h, c = h0.astype(dtype, copy=False), c0.astype(dtype, copy=False)
+    for t in _steps(T, reverse):
+        h_prev[t], c_prev[t] = h, c
+        a = xw[t] + h @ W_h
+        act = gates[t]
+        act[...] = expit(a)                                  # i, f and o; g is overwritten next
+        act[:, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])
+        i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+        c_new = f * c + i * g
+        tanh_c[t] = np.tanh(c_new)
+        h_new = o * tanh_c[t]
+        if mask_t is None:
+            out[t] = h_new
+        else:
+            m = mask_t[t]
+            out[t] = np.where(m, h_new, 0.0)
+            h_new, c_new = np.where(m, h_new, h), np.where(m, c_new, c)
+        h, c = h_new, c_new
+    cache = LSTMCache(x, W_x, W_h, mask, bool(reverse), h_prev, c_prev, gates, tanh_c, np.dtype(dtype))
+    return _batch_major(out), LSTMState(h, c), cache
+
+
+def lstm_forward(x, h0, c0, W_x, W_h, b, mask=None, reverse: bool = False):
+    """A single-layer LSTM over a batch of (possibly padded) sequences.
+
+    Equations, for each visited position t (``σ`` the logistic sigmoid, ``⊙`` elementwise)::
+
+        i_t = σ(x_t W_xi + h_{t-1} W_hi + b_i)          input gate
+        f_t = σ(x_t W_xf + h_{t-1} W_hf + b_f)          forget gate
+        g_t = tanh(x_t W_xg + h_{t-1} W_hg + b_g)       candidate cell
+        o_t = σ(x_t W_xo + h_{t-1} W_ho + b_o)          output gate
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h_t = o_t ⊙ tanh(c_t)
+
+    where ``W_x = [W_xi | W_xf | W_xg | W_xo]`` (PyTorch's gate order i, f, g, o), likewise ``W_h``
+    and ``b``. At a padded position (``mask[b, t]`` False) the step is skipped:
+    ``h_t = h_{t-1}``, ``c_t = c_{t-1}`` and the output there is 0.
+
+    Parameters
+    ----------
+    x : float array, shape (B, T, D)
+        Input sequences.
+    h0, c0 : float array, shape (B, H), or None
+        Initial hidden and cell states (None: zeros).
+    W_x : float array, shape (D, 4H)
+        Input-to-gate weights (``torch.nn.LSTM.weight_ih_l0.T``).
+    W_h : float array, shape (H, 4H)
+        Hidden-to-gate weights (``weight_hh_l0.T``); H is read from its first axis.
+    b : float array, shape (4H,)
+        Gate biases (``bias_ih_l0 + bias_hh_l0``).
+    mask : bool array, shape (B, T), optional
+        True at real tokens, False at padding. Every row needs at least one True. Any pattern is
+        allowed (padding need not be on the right): False positions are simply skipped.
+    reverse : bool
+        Visit positions T-1, ..., 0 instead of 0, ..., T-1. For a right-padded row the padded tail
+        leaves the initial state unchanged, so the recurrence starts at the row's last real token.
+
+    Returns
+    -------
+    (outputs, final) : tuple
+        ``outputs`` (B, T, H): ``h_t`` at real positions, 0 at padded ones. ``final`` is an
+        :class:`LSTMState` ``(h, c)``, each (B, H): the state after the last visited real token
+        (for ``reverse=True`` that is the first real token of the row).
+    cache : LSTMCache
+    """
+    x, mask = _sequence(x, mask)
+    h0, c0, W_x, W_h, b, dtype = _lstm_inputs(x, h0, c0, W_x, W_h, b)
+    outputs, final, cache = _lstm_scan(x, h0, c0, W_x, W_h, b, mask, reverse, dtype)
+    return (outputs, final), cache
+
+
+def _lstm_bptt(dout_t, dh, dc, cache: LSTMCache) -> LSTMGrads:
+    """Backpropagation through time on validated, time-major upstream gradients (T, B, H)."""
+    x, W_x, W_h, mask, reverse, h_prev, c_prev, gates, tanh_c, _ = cache
+    T, B, H = h_prev.shape
+    dtype = dout_t.dtype
+    mask_t = None if mask is None else mask.T[:, :, None]
+    da = np.empty((T, B, 4 * H), dtype=dtype)                # gradient of the gate pre-activations
+    W_hT = np.ascontiguousarray(W_h.T)
+    for t in _steps(T, not reverse):                         # the forward visiting order, reversed
+        act = gates[t]
+        i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+        tc = tanh_c[t]
+        dh_t = dh + dout_t[t]
+        dc_t = dc + dh_t * o * (1.0 - tc * tc)
+        da_t = da[t]
+        da_t[:, :H] = dc_t * g * i * (1.0 - i)
+        da_t[:, H:2 * H] = dc_t * c_prev[t] * f * (1.0 - f)
+        da_t[:, 2 * H:3 * H] = dc_t * i * (1.0 - g * g)
+        da_t[:, 3 * H:] = dh_t * tc * o * (1.0 - o)
+        if mask_t is None:
+            dh, dc = da_t @ W_hT, dc_t * f
+        else:
+            m = mask_t[t]
+            da_t *= m                                        # a skipped step has no gate gradient
+            dh, dc = np.where(m, da_t @ W_hT, dh), np.where(m, dc_t * f, dc)
+    dx, dW_x, db = _input_grads(x, W_x, da)
+    dW_h = h_prev.reshape(T * B, H).T @ da.reshape(T * B, 4 * H)
+    return LSTMGrads(dx, dh, dc, dW_x, dW_h, db)
+
+
+def _lstm_upstream(dh_all, dfinal, cache: LSTMCache, prefix: str = ""):
+    """Validate (dh_all, dfinal) against the cache; returns time-major dout and (dh, dc) as arrays."""
+    T, B, H = cache.h_prev.shape
+    dh_all = _upstream(prefix + "dh_all", dh_all, (B, T, H))
+    dh_T, dc_T = _pair(prefix + "dfinal", dfinal, "(dh_T, dc_T)")
+    dh_T = _upstream(prefix + "dh_T", dh_T, (B, H))
+    dc_T = _upstream(prefix + "dc_T", dc_T, (B, H))
+    dtype = result_dtype(np.empty(0, cache.dtype), dh_all, dh_T, dc_T)
+    dout_t = np.zeros((T, B, H), dtype=dtype) if dh_all is None else _time_major(dh_all).astype(dtype, copy=False)
+    dh = np.zeros((B, H), dtype=dtype) if dh_T is None else dh_T.astype(dtype)
+    dc = np.zeros((B, H), dtype=dtype) if dc_T is None else dc_T.astype(dtype)
+    return dout_t, dh, dc
+
+
+def lstm_backward(dh_all, dfinal, cache: LSTMCache) -> LSTMGrads:
+    """Backward pass of :func:`lstm_forward`: full backpropagation through time.
+
+    Walking the visited positions in reverse order with ``δh`` and ``δc`` the gradients reaching
+    ``h_t`` and ``c_t`` from later steps (initially ``dh_T`` and ``dc_T``)::
+
+        dh   = δh + dh_all[t]
+        dc   = δc + dh ⊙ o ⊙ (1 − tanh²(c_t))
+        da_i = dc ⊙ g ⊙ i(1 − i)        da_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+        da_g = dc ⊙ i ⊙ (1 − g²)        da_o = dh ⊙ tanh(c_t) ⊙ o(1 − o)
+        δh  ← da W_hᵀ,    δc ← dc ⊙ f
+
+    At a padded position ``da = 0`` and ``δh``, ``δc`` pass through unchanged (``dh_all`` there is
+    ignored: the output is the constant 0). Then, summing over positions::
+
+        dx = da W_xᵀ,   dW_x = Σ xᵀ da,   dW_h = Σ h_{t-1}ᵀ da,   db = Σ da,   dh0 = δh,   dc0 = δc
+
+    Parameters
+    ----------
+    dh_all : float array, shape (B, T, H), or None
+        Gradient with respect to ``outputs`` (None: zero).
+    dfinal : pair (dh_T, dc_T) of float arrays of shape (B, H) or None, or None
+        Gradient with respect to the final state (None entries: zero).
+    cache : LSTMCache
+
+    Returns
+    -------
+    LSTMGrads
+        ``x`` (B, T, D), ``h0`` (B, H), ``c0`` (B, H), ``W_x`` (D, 4H), ``W_h`` (H, 4H), ``b`` (4H,).
+    """
+    return _lstm_bptt(*_lstm_upstream(dh_all, dfinal, cache), cache)
+
+
+# --------------------------------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------------------------------
+
+class GRUCache(NamedTuple):
+    x: np.ndarray             #: (B, T, D)
+    W_x: np.ndarray           #: (D, 3H)
+    W_h: np.ndarray           #: (H, 3H)
+    mask: np.ndarray | None   #: (B, T) bool, True = real token; None when every token is real
+    reverse: bool
+    h_prev: np.ndarray        #: (T, B, H) time-major: hidden state entering the step at position t
+    gates: np.ndarray         #: (T, B, 3H) activations r, z, n at position t
+    hn: np.ndarray            #: (T, B, H) h_{t-1} W_hn + b_hn (the term the reset gate scales)
+    dtype: np.dtype
+
+
+class GRUGrads(NamedTuple):
+    x: np.ndarray      #: (B, T, D)
+    h0: np.ndarray     #: (B, H)
+    W_x: np.ndarray    #: (D, 3H)
+    W_h: np.ndarray    #: (H, 3H)
+    b_x: np.ndarray    #: (3H,)
+    b_h: np.ndarray    #: (3H,)
+
+
+def gru_forward(x, h0, W_x, W_h, b_x, b_h, mask=None, reverse: bool = False):
+    """A single-layer GRU over a batch of (possibly padded) sequences, in PyTorch's convention.
+
+    Equations, for each visited position t::
+
+        r_t = σ(x_t W_xr + b_xr + h_{t-1} W_hr + b_hr)              reset gate
+        z_t = σ(x_t W_xz + b_xz + h_{t-1} W_hz + b_hz)              update gate
+        n_t = tanh(x_t W_xn + b_xn + r_t ⊙ (h_{t-1} W_hn + b_hn))   candidate
+        h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+
+    with the gates stacked in the order r, z, n. The n gate needs the input and hidden biases
+    separately (the reset gate scales only the hidden one), hence ``b_x`` and ``b_h``. Padded
+    positions are skipped: ``h_t = h_{t-1}`` and the output there is 0.
+
+    Parameters
+    ----------
+    x : float array, shape (B, T, D)
+    h0 : float array, shape (B, H), or None
+        Initial hidden state (None: zeros).
+    W_x : float array, shape (D, 3H)
+        ``torch.nn.GRU.weight_ih_l0.T``.
+    W_h : float array, shape (H, 3H)
+        ``weight_hh_l0.T``; H is read from its first axis.
+    b_x : float array, shape (3H,)
+        Input biases ``bias_ih_l0``.
+    b_h : float array, shape (3H,)
+        Hidden biases ``bias_hh_l0``.
+    mask : bool array, shape (B, T), optional
+        True at real tokens; every row needs at least one True (see :func:`lstm_forward`).
+    reverse : bool
+        Visit positions T-1, ..., 0 (see :func:`lstm_forward`).
+
+    Returns
+    -------
+    (outputs, h_final) : tuple
+        ``outputs`` (B, T, H), 0 at padded positions; ``h_final`` (B, H), the state after the last
+        visited real token.
+    cache : GRUCache
+    """
+    x, mask = _sequence(x, mask)
+    B, T, D = x.shape
+    W_x, W_h, (b_x, b_h), H = _weights(D, 3, W_x, W_h, {"b_x": b_x, "b_h": b_h})
+    h0 = _state("h0", h0, B, H, result_dtype(x, W_x, W_h, b_x, b_h))
+    dtype = result_dtype(x, h0, W_x, W_h, b_x, b_h)
+    xw = _input_projection(x, W_x, b_x)                      # (T, B, 3H)
+    mask_t = None if mask is None else mask.T[:, :, None]
+    h_prev = np.empty((T, B, H), dtype=dtype)
+    gates = np.empty((T, B, 3 * H), dtype=dtype)
+    hn = np.empty((T, B, H), dtype=dtype)
+    out = np.zeros((T, B, H), dtype=dtype)
+    h = h0.astype(dtype, copy=False)
+    for t in _steps(T, reverse):
+        h_prev[t] = h
+        hw = h @ W_h + b_h
+        act = gates[t]
+        act[:, :2 * H] = expit(xw[t, :, :2 * H] + hw[:, :2 * H])
+        r, z = act[:, :H], act[:, H:2 * H]
+        hn[t] = hw[:, 2 * H:]
+        act[:, 2 * H:] = np.tanh(xw[t, :, 2 * H:] + r * hn[t])
+        n = act[:, 2 * H:]
+        h_new = n + z * (h - n)                              # = (1 − z) n + z h
+        if mask_t is None:
+            out[t] = h_new
+        else:
+            m = mask_t[t]
+            out[t] = np.where(m, h_new, 0.0)
+            h_new = np.where(m, h_new, h)
+        h = h_new
+    cache = GRUCache(x, W_x, W_h, mask, bool(reverse), h_prev, gates, hn, np.dtype(dtype))
+    return (_batch_major(out), h), cache
+
+
+def gru_backward(dh_all, dh_final, cache: GRUCache) -> GRUGrads:
+    """Backward pass of :func:`gru_forward`: full backpropagation through time.
+
+    Walking the visited positions in reverse order with ``δh`` the gradient reaching ``h_t`` from
+    later steps (initially ``dh_final``)::
+
+        dh   = δh + dh_all[t]
+        da_n = dh ⊙ (1 − z) ⊙ (1 − n²)                 gradient of n's pre-activation
+        da_r = da_n ⊙ (h_{t-1} W_hn + b_hn) ⊙ r(1 − r)
+        da_z = dh ⊙ (h_{t-1} − n) ⊙ z(1 − z)
+        d(x W_x + b_x) = [da_r | da_z | da_n],   d(h W_h + b_h) = [da_r | da_z | r ⊙ da_n] =: dq
+        δh  ← dh ⊙ z + dq W_hᵀ
+
+    A padded position passes ``δh`` through and contributes nothing. Summing over positions::
+
+        dx = [da_r|da_z|da_n] W_xᵀ,  dW_x = Σ xᵀ [da_r|da_z|da_n],  db_x = Σ [da_r|da_z|da_n]
+        dW_h = Σ h_{t-1}ᵀ dq,  db_h = Σ dq,  dh0 = δh
+
+    Parameters
+    ----------
+    dh_all : float array, shape (B, T, H), or None
+        Gradient with respect to ``outputs`` (None: zero).
+    dh_final : float array, shape (B, H), or None
+        Gradient with respect to the final state (None: zero).
+    cache : GRUCache
+
+    Returns
+    -------
+    GRUGrads
+        ``x`` (B, T, D), ``h0`` (B, H), ``W_x`` (D, 3H), ``W_h`` (H, 3H), ``b_x`` (3H,), ``b_h`` (3H,).
+    """
+    x, W_x, W_h, mask, reverse, h_prev, gates, hn, cache_dtype = cache
+    T, B, H = h_prev.shape
+    dh_all = _upstream("dh_all", dh_all, (B, T, H))
+    dh_final = _upstream("dh_final", dh_final, (B, H))
+    dtype = result_dtype(np.empty(0, cache_dtype), dh_all, dh_final)
+    dout_t = np.zeros((T, B, H), dtype=dtype) if dh_all is None else _time_major(dh_all).astype(dtype, copy=False)
+    dh = np.zeros((B, H), dtype=dtype) if dh_final is None else dh_final.astype(dtype)
+    mask_t = None if mask is None else mask.T[:, :, None]
+    dxw = np.empty((T, B, 3 * H), dtype=dtype)               # gradient of x W_x + b_x
+    dhw = np.empty((T, B, 3 * H), dtype=dtype)               # gradient of h W_h + b_h
+    W_hT = np.ascontiguousarray(W_h.T)
+    for t in _steps(T, not reverse):
+        act = gates[t]
+        r, z, n = act[:, :H], act[:, H:2 * H], act[:, 2 * H:]
+        dh_t = dh + dout_t[t]
+        dx_t, dq_t = dxw[t], dhw[t]
+        dx_t[:, 2 * H:] = dh_t * (1.0 - z) * (1.0 - n * n)
+        dx_t[:, :H] = dx_t[:, 2 * H:] * hn[t] * r * (1.0 - r)
+        dx_t[:, H:2 * H] = dh_t * (h_prev[t] - n) * z * (1.0 - z)
+        dq_t[:, :2 * H] = dx_t[:, :2 * H]
+        dq_t[:, 2 * H:] = r * dx_t[:, 2 * H:]
+        if mask_t is None:
+            dh = dh_t * z + dq_t @ W_hT
+        else:
+            m = mask_t[t]
+            dx_t *= m
+            dq_t *= m
+            dh = np.where(m, dh_t * z + dq_t @ W_hT, dh)
+    dx, dW_x, db_x = _input_grads(x, W_x, dxw)
+    flat = dhw.reshape(T * B, 3 * H)
+    dW_h = h_prev.reshape(T * B, H).T @ flat
+    return GRUGrads(dx, dh, dW_x, dW_h, db_x, flat.sum(axis=0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bidirectional LSTM
+# --------------------------------------------------------------------------------------------------
+
+class LSTMParams(NamedTuple):
+    """The parameters of one LSTM direction — or, in :class:`BiLSTMGrads`, their gradients."""
+
+    h0: np.ndarray | None   #: (B, H) initial hidden state (None: zeros)
+    c0: np.ndarray | None   #: (B, H) initial cell state (None: zeros)
+    W_x: np.ndarray         #: (D, 4H)
+    W_h: np.ndarray         #: (H, 4H)
+    b: np.ndarray           #: (4H,)
+
+
+class BiLSTMCache(NamedTuple):
+    forward: LSTMCache   #: the left-to-right direction
+    reverse: LSTMCache   #: the right-to-left direction
+
+
+class BiLSTMGrads(NamedTuple):
+    x: np.ndarray            #: (B, T, D), both directions' contributions summed
+    forward: LSTMParams      #: gradients of the forward direction's h0, c0, W_x, W_h, b
+    reverse: LSTMParams      #: gradients of the reverse direction's h0, c0, W_x, W_h, b
+
+
+def _params(name: str, params) -> LSTMParams:
+    try:
+        return LSTMParams(*params)
+    except TypeError:
+        raise TypeError(f"{name} must be a 5-sequence (h0, c0, W_x, W_h, b), e.g. an LSTMParams") from None
+
+
+def bilstm_forward(x, forward_params, reverse_params, mask=None):
+    """A bidirectional LSTM: a left-to-right and a right-to-left :func:`lstm_forward`, concatenated.
+
+    Equations::
+
+        (→h_t)  = LSTM over positions 0, ..., T-1 with forward_params
+        (←h_t)  = LSTM over positions T-1, ..., 0 with reverse_params
+        out_t   = [→h_t | ←h_t]
+
+    Both directions share ``mask``; padded positions are skipped by both (output 0 there), so the
+    right-to-left direction of a right-padded row starts at its last real token.
+
+    Parameters
+    ----------
+    x : float array, shape (B, T, D)
+    forward_params, reverse_params : LSTMParams or any 5-sequence (h0, c0, W_x, W_h, b)
+        Each direction's initial states (B, H) or None, and weights (D, 4H), (H, 4H), (4H,) as in
+        :func:`lstm_forward`. The two hidden sizes H_f and H_r may differ (usually both are H).
+    mask : bool array, shape (B, T), optional
+        True at real tokens; every row needs at least one True.
+
+    Returns
+    -------
+    (outputs, (final_forward, final_reverse)) : tuple
+        ``outputs`` (B, T, H_f + H_r) = (B, T, 2H); the final states are :class:`LSTMState` pairs:
+        the forward one after each row's last real token, the reverse one after its first.
+    cache : BiLSTMCache
+    """
+    x, mask = _sequence(x, mask)
+    fwd = _lstm_inputs(x, *_params("forward_params", forward_params), prefix="forward_params.")
+    rev = _lstm_inputs(x, *_params("reverse_params", reverse_params), prefix="reverse_params.")
+    out_f, final_f, cache_f = _lstm_scan(x, *fwd[:5], mask, False, fwd[5])
+    out_r, final_r, cache_r = _lstm_scan(x, *rev[:5], mask, True, rev[5])
+    outputs = np.concatenate([out_f, out_r], axis=-1)
+    return (outputs, (final_f, final_r)), BiLSTMCache(cache_f, cache_r)
+
+
+def bilstm_backward(dh_all, dfinal, cache: BiLSTMCache) -> BiLSTMGrads:
+    """Backward pass of :func:`bilstm_forward`.
+
+    ``dh_all`` is split along the feature axis into the two directions' output gradients, each
+    direction runs :func:`lstm_backward`, and the two input gradients add: ``dx = →dx + ←dx``.
+
+    Parameters
+    ----------
+    dh_all : float array, shape (B, T, H_f + H_r), or None
+    dfinal : pair (dfinal_forward, dfinal_reverse), or None
+        Each entry None or a pair ``(dh, dc)`` of (B, H) arrays (or None), as in :func:`lstm_backward`.
+    cache : BiLSTMCache
+
+    Returns
+    -------
+    BiLSTMGrads
+        ``x`` (B, T, D); ``forward`` and ``reverse`` are :class:`LSTMParams` of gradients.
+    """
+    cache_f, cache_r = cache
+    T, B, H_f = cache_f.h_prev.shape
+    H_r = cache_r.h_prev.shape[2]
+    dh_all = _upstream("dh_all", dh_all, (B, T, H_f + H_r))
+    dfinal_f, dfinal_r = _pair("dfinal", dfinal, "(dfinal_forward, dfinal_reverse)")
+    split = (None, None) if dh_all is None else (dh_all[..., :H_f], dh_all[..., H_f:])
+    g_f = _lstm_bptt(*_lstm_upstream(split[0], dfinal_f, cache_f, "forward "), cache_f)
+    g_r = _lstm_bptt(*_lstm_upstream(split[1], dfinal_r, cache_r, "reverse "), cache_r)
+    return BiLSTMGrads(g_f.x + g_r.x, LSTMParams(*g_f[1:]), LSTMParams(*g_r[1:]))
