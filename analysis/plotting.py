@@ -23,7 +23,8 @@ matplotlib.use("Agg")  # no display needed; must precede the pyplot import
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.experiments.common import atomic_write_bytes, figures_root  # noqa: E402
+from analysis.store import results_root  # noqa: E402
+from miniattn.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["STYLE", "COLORS", "new_figure", "theory_line", "sim_points", "sim_band", "finish_axes",
            "save_figure", "TAU_LABEL", "STEPS_LABEL"]
@@ -124,7 +125,9 @@ def save_figure(fig, name: str, *, root: str | os.PathLike | None = None, close:
         raise ValueError(f"name must be a file name without '/' or suffix, got {name!r}")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    path = atomic_write_bytes(figures_root(root) / f"{name}.png", buf.getvalue())
+    path = results_root(root) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
     if close:
         plt.close(fig)
     return path

@@ -1,0 +1,186 @@
+"""The result store: one experiment's run files, keyed by their config and by the code that made them.
+
+Layout under the results root (``$MINIATTN_RESULTS`` or ``./results``)::
+
+    <exp>/runs/<name>.json   one run: config, its hash, code fingerprint, metadata, scalar results,
+                             and the SHA-256 of its arrays file
+    <exp>/runs/<name>.npz    the same run's arrays (learning curves, trajectories), if any
+    <exp>/summary.json       the claims, tables and notes the figures and REPORT.md are built from
+
+A stored run is reused only when it is *current*: its JSON parses, its config hash equals the
+requested config's, its code fingerprint (:mod:`analysis.fingerprint`) equals the fingerprint of the
+experiment's code now, and its ``.npz`` exists with the recorded checksum. Anything else — a
+truncated or corrupt file, a file from older code — is recomputed, never fatal, never silently
+reused. Files are written atomically (:mod:`miniattn.io`); the ``.npz`` before the ``.json``, so a
+current ``.json`` implies a complete run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from miniattn import io
+from miniattn.checkpoint import remove_stale_temporaries
+
+__all__ = ["results_root", "canonical_json", "config_hash", "ResultStore", "StoredRun"]
+
+
+def results_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$MINIATTN_RESULTS``, else ``./results``."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("MINIATTN_RESULTS", "results"))
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) of ``obj``: the hashed form."""
+    try:
+        plain = io.to_jsonable(obj)
+    except TypeError as exc:
+        raise TypeError(f"cannot store this value in a result file: {exc}") from None
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``config`` (key order does not matter)."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _split_arrays(result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """NumPy arrays (ndim > 0) go to the ``.npz``; everything else to the JSON."""
+    data, arrays = {}, {}
+    for k, v in result.items():
+        (arrays if isinstance(v, np.ndarray) and v.ndim > 0 else data)[k] = v
+    return data, arrays
+
+
+class StoredRun(dict):
+    """A run record as read back: ``name``, ``config``, ``data`` (scalars and arrays merged), metadata."""
+
+    @property
+    def name(self) -> str:
+        return self["name"]
+
+    @property
+    def config(self) -> dict:
+        return self["config"]
+
+    @property
+    def data(self) -> dict:
+        return self["data"]
+
+
+class ResultStore:
+    """Result files of one experiment under ``<root>/<experiment>/``."""
+
+    def __init__(self, experiment: str, root: str | os.PathLike | None = None):
+        if not isinstance(experiment, str) or not experiment or "/" in experiment or experiment.startswith("."):
+            raise ValueError(f"experiment must be a non-empty name without '/', got {experiment!r}")
+        self.experiment = experiment
+        self.dir = results_root(root) / experiment
+        self.runs_dir = self.dir / "runs"
+        self.summary_path = self.dir / "summary.json"
+
+    def run_path(self, name: str) -> Path:
+        """The JSON path of run ``name`` (its arrays are beside it with suffix ``.npz``)."""
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"run name must be a non-empty file name without '/', got {name!r}")
+        return self.runs_dir / f"{name}.json"
+
+    def _read_meta(self, name: str) -> dict | None:
+        try:
+            with open(self.run_path(name), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def is_current(self, name: str, config: Mapping[str, Any], code: str) -> bool:
+        """True if run ``name`` is complete, intact, and was computed with ``config`` by code ``code``."""
+        meta = self._read_meta(name)
+        if meta is None or meta.get("config_hash") != config_hash(config) or meta.get("code") != code:
+            return False
+        if not meta.get("arrays"):
+            return True
+        npz = self.run_path(name).with_suffix(".npz")
+        try:
+            return _file_sha256(npz) == meta.get("arrays_sha256")
+        except OSError:
+            return False
+
+    def save_run(self, name: str, config: Mapping[str, Any], code: str, result: Mapping[str, Any], *,
+                 metadata: Mapping[str, Any]) -> Path:
+        """Write run ``name``: arrays to ``.npz`` first, then the JSON with the arrays' checksum."""
+        path = self.run_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data, arrays = _split_arrays(result)
+        record = {"experiment": self.experiment, "name": name, "config": dict(config),
+                  "config_hash": config_hash(config), "code": code, "seed": config.get("seed"),
+                  **dict(metadata), "data": data, "arrays": sorted(arrays)}
+        if arrays:
+            io.atomic_save_npz(path.with_suffix(".npz"), **arrays)
+            record["arrays_sha256"] = _file_sha256(path.with_suffix(".npz"))
+        io.atomic_write_text(path, json.dumps(io.to_jsonable(record), indent=1, sort_keys=True,
+                                              allow_nan=False) + "\n")
+        return path
+
+    def load_run(self, name: str) -> StoredRun:
+        """The stored record of run ``name`` with its arrays merged into ``record["data"]``.
+
+        Raises
+        ------
+        ValueError
+            Naming the file, when it is missing, truncated or corrupt.
+        """
+        path = self.run_path(name)
+        meta = self._read_meta(name)
+        if meta is None:
+            raise ValueError(f"{path}: missing or not valid JSON; rerun the experiment's compute step")
+        if meta.get("arrays"):
+            try:
+                with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+                    meta["data"].update({k: z[k] for k in z.files})
+            except (OSError, ValueError, EOFError) as exc:
+                raise ValueError(f"{path.with_suffix('.npz')}: unreadable ({exc}); rerun the compute step") from None
+        return StoredRun(meta)
+
+    def clean_temps(self) -> None:
+        """Remove temporary files left by an interrupted writer."""
+        for d in (self.dir, self.runs_dir):
+            if d.is_dir():
+                remove_stale_temporaries(d)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_text(self.summary_path, json.dumps(io.to_jsonable(summary), indent=1, sort_keys=True,
+                                                           allow_nan=False) + "\n")
+        return self.summary_path
+
+    def load_summary(self) -> dict[str, Any]:
+        """``summary.json`` (ValueError naming the file when it is missing or corrupt)."""
+        try:
+            with open(self.summary_path, encoding="utf-8") as f:
+                summary = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{self.summary_path}: not computed yet (make repro-{self.experiment})") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.summary_path}: corrupt ({exc}); rerun the compute step") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{self.summary_path}: not a summary object")
+        return summary
