@@ -14,7 +14,7 @@ export HYPOTHESIS_PROFILE
 reproduce test test-slow: export OPENBLAS_NUM_THREADS := 1
 reproduce test test-slow: export OMP_NUM_THREADS := 1
 reproduce test test-slow: export MKL_NUM_THREADS := 1
-.PHONY: help install test test-slow test-all reproduce bench clean
+.PHONY: help install test test-slow reproduce bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,15 +34,12 @@ test-slow: $(VENV)/.installed ## run only the slow scientific checks
 	$(PY) -m pytest -m slow -q
 
 # The experiment DAG (results -> figures -> REPORT.md) lives in reproduce.mk.
--include reproduce.mk
-ifeq ($(wildcard reproduce.mk),)
-reproduce: $(VENV)/.installed ## regenerate every result, figure and REPORT.md (FULL=1 for paper scale)
-	@echo "The experiment pipeline (reproduce.mk) is not in this revision yet: nothing to reproduce."
-endif
+include reproduce.mk
+reproduce: ## regenerate every result, figure and REPORT.md (QUICK=1 smoke run, FULL=1 paper scale)
 
-TORCH_SPEC ?= torch==2.13.0
+TORCH_REQUIREMENT ?= torch==2.13.0
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(PY) -m pip install --quiet '$(TORCH_SPEC)' || echo "PyTorch could not be installed: benchmarks will time NumPy alone"
+	$(PY) -m pip install --quiet '$(TORCH_REQUIREMENT)' || echo "PyTorch could not be installed: benchmarks will time NumPy alone"
 	touch $@
 
 bench: $(VENV)/.bench-installed ## run the speed benchmarks (installs the optional PyTorch extra)

@@ -5,18 +5,15 @@ Usage::
     python -m analysis.report [--results results] [--out REPORT.md]
 
 For every registered experiment (:data:`analysis.experiments.EXPERIMENTS`) the report reads
-``<results>/<id>/summary.json`` and writes a section with: the profile, the exact command, the run
-time and git revision (all from the file's metadata), the description and notes, the figures, and a
-table *claim / paper value / our value (95% CI) / holds / source*, where *source* links the result
-file the number was read from. Nothing is recomputed here: a number that is not in a result file
-cannot appear in the report. A missing or unreadable summary is reported as such; it never stops the
-report from being written.
-
-Schema of a claim row in ``summary.json["claims"]``::
-
-    {"claim": str, "paper": str | number | null, "ours": number | str | null,
-     "ci": [low, high] | null, "holds": true | false | null, "source": "e4/summary.json",
-     "fmt": ".3g" (optional format spec for ours/ci/paper), "note": str (optional)}
+``<results>/<id>/summary.json`` (written by :func:`analysis.experiments.framework.compute`) and
+the figures ``<results>/figures/<id>_*.png``, and writes a section with: the profile, the exact
+command, the run time and git revision (all from the file's metadata), the description and notes,
+the figures, and a table *claim / kind / paper / ours (95% CI, n) / criterion / verdict / source*.
+Verdicts are recomputed from each stored claim's interval and criterion
+(:func:`analysis.claims.claim_from_dict`), never read as stored. Nothing else is computed here: a
+number that is not in a result file cannot appear in the report. A missing or unreadable summary is
+reported as such; it never stops the report from being written. The overview counts decided claims
+and lists the undecided ones with the sample size that would decide them.
 
 Extra tables go in ``summary.json["tables"]`` as ``{"title", "columns", "rows", "source"}``.
 """
@@ -30,8 +27,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from analysis.claims import VERDICTS, Claim, claim_from_dict
 from analysis.experiments import EXPERIMENTS, ExperimentInfo
-from analysis.experiments.common import atomic_write_text, results_root
+from analysis.store import results_root
+from miniattn.io import atomic_write_text
 
 __all__ = ["format_value", "format_ci", "render_experiment", "render_report", "build_report", "main"]
 
@@ -65,12 +64,22 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _holds(value: Any) -> str:
-    if value is True:
-        return "yes"
-    if value is False:
-        return "**no**"
-    return "n/a"
+def _verdict(claim: Claim) -> str:
+    if claim.verdict == "holds":
+        return "holds"
+    if claim.verdict == "fails":
+        return "**fails**"
+    decide = f"; n ≈ {claim.n_to_decide} would decide it" if claim.n_to_decide else ""
+    return f"*undecided*{decide}"
+
+
+def _ours(claim: Claim) -> str:
+    text = format_value(claim.value, claim.fmt)
+    if claim.interval is not None:
+        text += format_ci(list(claim.interval), claim.fmt)
+    if claim.n is not None:
+        text += f", n = {claim.n}"
+    return text
 
 
 def _link(target: Path, report_dir: Path, text: str | None = None) -> str:
@@ -107,13 +116,13 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     """Markdown lines of one experiment's section, and a status row for the overview table."""
     path = results / info.id / "summary.json"
     lines = [f"## {info.title}", ""]
-    status = {"id": info.id, "title": info.title, "state": "missing", "holds": "–", "profile": "–",
-              "time": "–"}
+    status = {"id": info.id, "title": info.title, "state": "missing", "claims": None, "undecided": [],
+              "profile": "–", "time": "–"}
     make_cmd = f"make repro-{info.id}"
     if not path.is_file():
         lines += [f"**Missing**: no result file `{os.path.relpath(path, report_dir)}`. "
                   f"This experiment has not been run (or is not implemented yet). "
-                  f"Run `{make_cmd}` or `python -m {info.module} all`.", ""]
+                  f"Run `{make_cmd}` or `python -m analysis.experiments all {info.id}`.", ""]
         return lines, status
     try:
         with open(path) as f:
@@ -137,7 +146,7 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     lines += [
         f"- Result file: {_link(path, report_dir)} (profile **{s.get('profile', 'unknown')}**, "
         f"computed {s.get('finished', 'unknown')}, git {rev_txt})",
-        f"- Command: `{s.get('command') or ('python -m ' + info.module + ' compute')}` "
+        f"- Command: `{s.get('command') or ('python -m analysis.experiments compute ' + info.id)}` "
         f"(or `{make_cmd}`)",
         f"- Run time: {_fmt_seconds(s.get('compute_time_s'))} of compute over "
         f"{len(s.get('runs') or [])} runs" + _span_text(s),
@@ -148,35 +157,37 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     if s.get("description"):
         lines += [str(s["description"]).strip(), ""]
 
-    for fig in s.get("figures") or []:
-        fig_path = results / fig
-        if fig_path.is_file():
-            lines += [f"![{Path(fig).stem}]({os.path.relpath(fig_path, report_dir).replace(os.sep, '/')})", ""]
-        else:
-            lines += [f"*Figure `{fig}` is missing: run `python -m {info.module} plot`.*", ""]
+    for fig_path in sorted((results / "figures").glob(f"{info.id}_*.png")):
+        lines += [f"![{fig_path.stem}]({os.path.relpath(fig_path, report_dir).replace(os.sep, '/')})", ""]
+    if not any((results / "figures").glob(f"{info.id}_*.png")):
+        lines += [f"*No figures yet: run `python -m analysis.experiments plot {info.id}`.*", ""]
 
-    claims = s.get("claims") or []
+    claims = []
+    for c in s.get("claims") or []:
+        try:
+            claims.append(claim_from_dict(c))
+        except (KeyError, TypeError, ValueError) as exc:
+            lines += [f"*A claim of this summary is unreadable ({_escape(str(exc))}); rerun `{make_cmd}`.*", ""]
     if claims:
-        rows, n_hold, n_judged = [], 0, 0
+        rows = []
         for c in claims:
-            fmt = c.get("fmt")
-            src = c.get("source") or os.path.relpath(path, results)
+            src = c.source or os.path.relpath(path, results)
             rows.append([
-                _escape(str(c.get("claim", ""))),
-                format_value(c.get("paper"), fmt if isinstance(c.get("paper"), (int, float)) else None),
-                format_value(c.get("ours"), fmt) + format_ci(c.get("ci"), fmt),
-                _holds(c.get("holds")),
-                _link(results / src, report_dir, src),
+                _escape(c.statement), c.kind,
+                format_value(c.paper, c.fmt if isinstance(c.paper, (int, float)) else None),
+                _ours(c), _escape(c.criterion.name) + (f" — {_escape(c.criterion.why)}" if c.criterion.why else ""),
+                _verdict(c), _link(results / src, report_dir, src),
             ])
-            if c.get("holds") is not None:
-                n_judged += 1
-                n_hold += bool(c.get("holds"))
-        status["holds"] = f"{n_hold}/{n_judged}"
-        lines += _table(["Claim", "Paper", "Ours (95% CI)", "Holds", "Source"], rows) + [""]
+        counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
+        status["claims"] = counts
+        status["undecided"] = [(c.statement, c.n, c.n_to_decide) for c in claims if not c.decided]
+        smoke = " **Smoke run (quick profile): sizes too small to be evidence.**" if s.get("profile") == "quick" else ""
+        lines += [f"Claims: {counts['holds']} hold, {counts['fails']} fail, {counts['undecided']} undecided.{smoke}", ""]
+        lines += _table(["Claim", "Kind", "Paper", "Ours (95% CI, n)", "Criterion", "Verdict", "Source"], rows) + [""]
         for c in claims:
-            if c.get("note"):
-                lines.append(f"- *{_escape(str(c.get('claim', '')))}*: {c['note']}")
-        if any(c.get("note") for c in claims):
+            if c.note:
+                lines.append(f"- *{_escape(c.statement)}*: {_escape(c.note)}")
+        if any(c.note for c in claims):
             lines.append("")
 
     for t in s.get("tables") or []:
@@ -212,12 +223,33 @@ def render_report(results: str | os.PathLike | None = None, report_dir: str | os
         "file linked in its row; nothing is recomputed. Regenerate everything with `make reproduce` "
         "(paper-scale seeds and sizes: `make reproduce FULL=1`).",
         "",
-        "| Experiment | State | Claims holding | Profile | Compute time (sum over runs) |",
-        "|---|---|---|---|---|",
+        "Every claim has a criterion written in the experiment's code before its runs, our value with "
+        "its 95% interval and sample size, and a verdict: **holds** (the whole interval satisfies the "
+        "criterion), **fails** (none of it does) or *undecided* (the interval straddles the criterion: "
+        "the sample cannot decide; the sample size that would decide it at the observed effect is "
+        "given). Claims of kind *check* test our own derivations and implementation, not the paper; "
+        "*reproduction* claims are the paper's; *beyond* claims are theory predictions the paper does "
+        "not test.",
+        "",
+        "| Experiment | State | Holds | Fails | Undecided | Profile | Compute time (sum over runs) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    total = {v: 0 for v in VERDICTS}
     for st in statuses:
-        head.append(f"| {_escape(st['title'])} | {st['state']} | {st['holds']} | {st['profile']} | "
+        counts = st["claims"] or {}
+        for v in VERDICTS:
+            total[v] += counts.get(v, 0)
+        cells = [str(counts[v]) if counts else "–" for v in VERDICTS]
+        head.append(f"| {_escape(st['title'])} | {st['state']} | {' | '.join(cells)} | {st['profile']} | "
                     f"{st['time']} |")
+    head += ["", f"Decided claims: {total['holds'] + total['fails']} ({total['holds']} hold, "
+                 f"{total['fails']} fail); undecided: {total['undecided']}.", ""]
+    undecided = [(st["id"], u) for st in statuses for u in st["undecided"]]
+    if undecided:
+        head += ["Undecided claims, with the sample size that would decide each at the observed effect:", ""]
+        for exp_id, (statement, n, need) in undecided:
+            need_txt = f"≈ {need} needed" if need else "no sample size decides it at the observed effect"
+            head.append(f"- {exp_id.upper()}: {_escape(statement)} (n = {n}; {need_txt})")
     head.append("")
     return "\n".join(head + sections).rstrip() + "\n"
 
@@ -227,7 +259,8 @@ def build_report(results: str | os.PathLike | None = None,
     """Render the report and write it atomically to ``out``; returns the path."""
     out = Path(out)
     text = render_report(results, out.parent if str(out.parent) else ".")
-    return atomic_write_text(out, text)
+    atomic_write_text(out, text)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -159,7 +159,7 @@ def test_ktiw_probe_is_log_prob_when_attending_to_one_token(mb):
 
 
 def test_ktiw_probe_binary_is_monotone_in_signed_logit_contribution():
-    """SPEC §6: for two classes β is monotone in the gold-signed contribution (2y − 1)·(h_l W_o)."""
+    """analysis/probes.py (β): for two classes β is monotone in the gold-signed contribution (2y − 1)·(h_l W_o)."""
     rng = np.random.default_rng(3)
     model = AttentionClassifier(12, 2, dim=5, init_scale=0.8, rng=rng)
     batch = ClassificationBatch(rng.integers(0, 12, (3, 7)), np.ones((3, 7), bool), np.array([0, 1, 1]))

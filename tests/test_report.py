@@ -11,33 +11,39 @@ import numpy as np
 import pytest
 
 from analysis import report as R
+from analysis.claims import at_least, at_most, check_claim, mean_claim, rate_claim, within
 from analysis.experiments import EXPERIMENTS
-from analysis.experiments import common as C
+from analysis.store import ResultStore
+
+
+def _summary(root: Path, exp: str, claims, *, profile="default", **extra) -> None:
+    store = ResultStore(exp, root)
+    store.write_summary({"experiment": exp, "profile": profile, "claims": [c.to_dict() for c in claims],
+                         "runs": [], "command": f"python -m analysis.experiments compute {exp}",
+                         "compute_time_s": 1.0, "wall_time_s": 2.0, "runs_span_s": None, "runs_reused": 0,
+                         "finished": "2026-12-01T00:00:00+00:00",
+                         "metadata": {"git": {"revision": "0123456789abcdef", "dirty": False},
+                                      "versions": {"numpy": "2.0"}}, **extra})
 
 
 def _fake_results(root: Path) -> None:
-    """e1: complete with a figure; e4: a failed claim and a missing figure; e2: corrupt; rest missing."""
-    C.write_summary("e1", {
-        "title": "ignored", "description": "Toy *classifier*.",
-        "figures": ["figures/e1_toy.png"],
-        "claims": [
-            {"claim": "p(1) from simulation", "paper": 1.089, "ours": 1.0887654, "ci": [1.0811111, 1.0922222],
-             "holds": True, "source": "e1/runs/uniform.json", "fmt": ".4f"},
-            {"claim": "time to p = 1", "paper": "≈ 0.931", "ours": 0.93123, "ci": None, "holds": None},
-        ],
-        "tables": [{"title": "Trajectory samples", "columns": ["τ", "p"], "rows": [[0.5, 0.6301234]],
-                    "source": "e1/summary.json"}],
-        "notes": ["default profile: scaled down"],
-    }, config={"profile": "default"}, runs=[], started=time.time(), root=root)
+    """e1: complete with a figure; e4: a failed and an undecided claim; e2: corrupt; rest missing."""
+    _summary(root, "e1", [
+        mean_claim("p(1) from simulation", 1.089, [1.0811111, 1.0887654, 1.0922222],
+                   within(1.089, 0.01), fmt=".4f", source="e1/runs/uniform.json"),
+        check_claim("time to p = 1", 0.93123, within(0.931, 1e-3, "closed form"), paper="≈ 0.931", fmt=".4g"),
+    ], description="Toy *classifier*.",
+        tables=[{"title": "Trajectory samples", "columns": ["τ", "p"], "rows": [[0.5, 0.6301234]],
+                 "source": "e1/summary.json"}], notes=["default profile: scaled down"])
     (root / "figures").mkdir(parents=True, exist_ok=True)
     (root / "figures" / "e1_toy.png").write_bytes(b"\x89PNG fake")
     (root / "e1" / "runs").mkdir(parents=True, exist_ok=True)
     (root / "e1" / "runs" / "uniform.json").write_text("{}")
-    C.write_summary("e4", {
-        "figures": ["figures/e4_curves.png"],
-        "claims": [{"claim": "permutations often fail (success rate)", "paper": "frequently fail",
-                    "ours": 0.95, "ci": [0.75, 0.99], "holds": False, "note": "Adam learns permutations."}],
-    }, config={"profile": "full"}, runs=[], started=time.time(), root=root)
+    _summary(root, "e4", [
+        rate_claim("permutations often fail (success rate)", "frequently fail", [True] * 19 + [False],
+                   at_most(0.75, "'frequently' = a quarter"), note="Adam learns permutations."),
+        rate_claim("subsets every time", "20/20", [True, True], at_least(0.8)),
+    ], profile="full")
     (root / "e2").mkdir(parents=True, exist_ok=True)
     (root / "e2" / "summary.json").write_text("{truncated")
 
@@ -52,40 +58,44 @@ def test_report_tables_links_and_missing(tmp_path):
     heads = re.findall(r"^## (.+)$", text, flags=re.M)
     assert heads == [e.title for e in EXPERIMENTS]
 
-    # The claims table of e1: numbers formatted from the file, CI, holds, source link.
-    assert "| Claim | Paper | Ours (95% CI) | Holds | Source |" in text
+    # The claims table of e1: numbers formatted from the file, CI and n, criterion, verdict, source.
+    assert "| Claim | Kind | Paper | Ours (95% CI, n) | Criterion | Verdict | Source |" in text
     row = next(line for line in text.splitlines() if line.startswith("| p(1) from simulation"))
-    assert "1.0890" in row and "1.0888 [1.0811, 1.0922]" in row and "| yes |" in row
+    assert "1.0890" in row and "1.0874 [" in row and ", n = 3" in row and "within ±0.01 of 1.089" in row
+    assert "*undecided*" in row  # three seeds whose t-interval straddles the ±0.01 band
     assert "[e1/runs/uniform.json](results/e1/runs/uniform.json)" in row
     row2 = next(line for line in text.splitlines() if line.startswith("| time to p = 1"))
-    assert "≈ 0.931" in row2 and "0.9312" in row2 and "n/a" in row2
+    assert "≈ 0.931" in row2 and "0.9312" in row2 and "| check |" in row2 and "| holds |" in row2
     assert "[e1/summary.json](results/e1/summary.json)" in row2  # default source is the summary
     # Links in the report resolve to files that exist.
     for target in re.findall(r"\]\(([^)]+)\)", text):
-        if "e4_curves" not in target:
-            assert (tmp_path / target).exists(), target
+        assert (tmp_path / target).exists(), target
     assert "![e1_toy](results/figures/e1_toy.png)" in text
     assert "0.6301" in text and "Trajectory samples" in text
     assert "default profile: scaled down" in text
 
-    # The failed claim is plain, with its note; the missing figure is named.
+    # The failed claim is marked, with its note; the undecided one says what would decide it.
     row4 = next(line for line in text.splitlines() if line.startswith("| permutations often fail"))
-    assert "**no**" in row4 and "0.95 [0.75, 0.99]" in row4
+    assert "**fails**" in row4 and "0.95 [0.76, 0.99], n = 20" in row4
     assert "Adam learns permutations." in text
-    assert "Figure `figures/e4_curves.png` is missing" in text
+    row5 = next(line for line in text.splitlines() if line.startswith("| subsets every time"))
+    assert "*undecided*; n ≈" in row5
+    assert "*No figures yet: run `python -m analysis.experiments plot e4`.*" in text
 
     # Corrupt and missing experiments are reported, not fatal.
     assert "**Unreadable result file** `results/e2/summary.json`" in text
     assert text.count("**Missing**") == len(EXPERIMENTS) - 3
-    assert "python -m analysis.experiments.e3_agreement all" in text
+    assert "python -m analysis.experiments all e3" in text
 
-    # Overview table: state, claims holding, profile, read from the files.
-    assert re.search(r"\| E1 [^|]*\| done \| 1/1 \| default \|", text)
-    assert re.search(r"\| E4 [^|]*\| done \| 0/1 \| full \|", text)
+    # Overview: verdict counts per experiment, decided totals, the undecided listed with their n.
+    assert re.search(r"\| E1 [^|]*\| done \| 1 \| 0 \| 1 \| default \|", text)
+    assert re.search(r"\| E4 [^|]*\| done \| 0 \| 1 \| 1 \| full \|", text)
     assert re.search(r"\| E2 [^|]*\| unreadable \|", text)
+    assert "Decided claims: 2 (1 hold, 1 fail); undecided: 2." in text
+    assert re.search(r"- E4: subsets every time \(n = 2; ≈ \d+ needed\)", text)
 
     # Command and run time come from the summary's metadata.
-    assert "- Command: `" in text and "Run time:" in text
+    assert "- Command: `python -m analysis.experiments compute e1`" in text and "Run time:" in text
     assert "wall time of the compute step" in text and "reused" not in text
 
 
@@ -95,7 +105,7 @@ def test_report_says_when_runs_were_reused(tmp_path):
     path = results / "e1" / "summary.json"
     s = json.loads(path.read_text())
     s.update(runs_reused=2, runs_span_s=480.0, wall_time_s=1.5, compute_time_s=900.0,
-             runs=["runs/a.json", "runs/b.json"])
+             runs=["a", "b"])
     path.write_text(json.dumps(s))
     text = R.render_report(results, tmp_path)
     line = next(x for x in text.splitlines() if x.startswith("- Run time:") and "15.0 min" in x)
@@ -160,18 +170,3 @@ def test_save_figure_writes_png_atomically(tmp_path):
     np.testing.assert_array_equal(lo, [0.0, 0.0])
     np.testing.assert_array_equal(hi, [1.0, 1.0])
     np.testing.assert_array_equal(mean, [0.5, 0.5])
-
-
-def test_e1_pipeline_end_to_end(tmp_path):
-    """E1 is cheap enough to run for real: compute, reuse, plot, report."""
-    from analysis.experiments import e1_toy
-
-    s = e1_toy.compute("default", root=tmp_path)
-    assert s["claims"] and all(isinstance(c["holds"], bool) for c in s["claims"])
-    before = (tmp_path / "e1" / "runs" / "wrong.json").stat().st_mtime_ns
-    e1_toy.compute("default", root=tmp_path)  # up to date: runs reused, not rewritten
-    assert (tmp_path / "e1" / "runs" / "wrong.json").stat().st_mtime_ns == before
-    paths = e1_toy.plot(root=tmp_path)
-    assert all(p.is_file() for p in paths)
-    text = R.render_report(tmp_path, tmp_path)
-    assert "| p(τ=1) from the blog start" in text and "![e1_toy](figures/e1_toy.png)" in text

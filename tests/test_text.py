@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from miniattn.batch import ClassificationBatch, Seq2SeqBatch
 from miniattn.tasks import (ClassificationDataset, ParallelDataset, Vocabulary,
                             load_classification_file, load_parallel_files, tokenize)
-from miniattn.tasks.text import SPECIAL_TOKENS
+from miniattn.tasks.text import RESERVED_TOKENS
 
 DATA = Path(__file__).parent / "data"
 SENTIMENT = DATA / "sentiment.tsv"
@@ -52,13 +52,13 @@ def test_tokenize_splits_on_any_whitespace():
 @given(st.lists(st.lists(words, max_size=8), max_size=8), st.integers(1, 3))
 def test_vocabulary_build_and_round_trip(token_lists, min_count):
     vocab = Vocabulary.build(token_lists, min_count=min_count)
-    assert vocab.tokens[:4] == SPECIAL_TOKENS
+    assert vocab.tokens[:4] == RESERVED_TOKENS
     assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (0, 1, 2, 3)
     counts: dict[str, int] = {}
     for toks in token_lists:
         for t in toks:
             counts[t] = counts.get(t, 0) + 1
-    expected = {t for t, c in counts.items() if c >= min_count and t not in SPECIAL_TOKENS}
+    expected = {t for t, c in counts.items() if c >= min_count and t not in RESERVED_TOKENS}
     assert set(vocab.words) == expected and len(vocab) == 4 + len(expected)
     # Most frequent first, ties alphabetical.
     keys = [(-counts[t], t) for t in vocab.words]
@@ -109,7 +109,7 @@ def test_vocabulary_rejects_bad_input():
         Vocabulary.build([["a"]], min_count=0)
 
 
-@given(st.lists(words, unique=True, max_size=20).filter(lambda ws: not set(ws) & set(SPECIAL_TOKENS)))
+@given(st.lists(words, unique=True, max_size=20).filter(lambda ws: not set(ws) & set(RESERVED_TOKENS)))
 def test_vocabulary_save_load_round_trip(tmp_path_factory, ws):
     path = tmp_path_factory.mktemp("vocab") / "vocab.json"
     v = Vocabulary(ws)
@@ -122,12 +122,12 @@ def test_vocabulary_save_load_round_trip(tmp_path_factory, ws):
 def test_vocabulary_load_rejects_malformed_files(tmp_path):
     cases = {
         "notjson.json": "{not json",
-        "wrongformat.json": json.dumps({"format": "other", "version": 1, "tokens": list(SPECIAL_TOKENS)}),
+        "wrongformat.json": json.dumps({"format": "other", "version": 1, "tokens": list(RESERVED_TOKENS)}),
         "wrongversion.json": json.dumps({"format": "miniattn-vocabulary", "version": 99,
-                                         "tokens": list(SPECIAL_TOKENS)}),
+                                         "tokens": list(RESERVED_TOKENS)}),
         "nospecials.json": json.dumps({"format": "miniattn-vocabulary", "version": 1, "tokens": ["a"]}),
         "dup.json": json.dumps({"format": "miniattn-vocabulary", "version": 1,
-                                "tokens": list(SPECIAL_TOKENS) + ["a", "a"]}),
+                                "tokens": list(RESERVED_TOKENS) + ["a", "a"]}),
     }
     for name, text in cases.items():
         with pytest.raises(ValueError, match=name):

@@ -1,10 +1,10 @@
-"""The experiments E1-E7 of SPEC §8, one module each, and their registry.
+"""The experiments E1-E7 of the reproduction, one module each, and their registry (the only one).
 
-Each module has ``compute(profile)`` (writes ``results/<id>/runs/*.json`` and
-``results/<id>/summary.json``), ``plot()`` (writes ``results/figures/<id>_*.png``) and ``main()``
-(``python -m analysis.experiments.<module> {compute,plot,all}``). The shared machinery (result store,
-seeds, sweeps, statistics) is :mod:`analysis.experiments.common`; ``REPORT.md`` is built from the
-result files by :mod:`analysis.report`.
+Each module defines ``runs(profile)``, ``run(config)``, ``claims(results)`` and ``figures(results)``
+(see :mod:`analysis.experiments.framework`, which computes, stores and plots them). The command line
+is ``python -m analysis.experiments {compute,plot,all} <id>``; ``make reproduce`` reads this registry
+through ``python -m analysis.experiments make-deps``. ``REPORT.md`` is built from the result files by
+:mod:`analysis.report`.
 """
 
 from __future__ import annotations

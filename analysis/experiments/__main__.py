@@ -26,10 +26,41 @@ def _make_deps() -> str:
     return "\n".join(lines) + "\n"
 
 
+E3_VARIABLES = ("E3_TEXT", "E3_PARALLEL_SOURCE", "E3_PARALLEL_TARGET")
+
+
+def _e3_data(path: str) -> None:
+    """Write the user's E3 files (from the environment) and their SHA-256 to ``path`` if changed.
+
+    The paths arrive as environment variables, never as shell text; a missing file is recorded as
+    such here and reported by E3's compute step with its name.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from miniattn.io import atomic_write_text
+    record = {}
+    for var in E3_VARIABLES:
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        try:
+            digest = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+        except OSError as exc:
+            digest = f"unreadable: {exc.strerror}"
+        record[var] = {"path": value, "sha256": digest}
+    text = json.dumps(record, sort_keys=True) + "\n"
+    target = Path(path)
+    if not target.is_file() or target.read_text(encoding="utf-8", errors="replace") != text:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.experiments",
                                      description="Compute and plot the experiments of the reproduction.")
-    parser.add_argument("step", choices=("compute", "plot", "all", "make-deps", "list"))
+    parser.add_argument("step", choices=("compute", "plot", "all", "make-deps", "list", "e3-data"))
     parser.add_argument("experiment", nargs="?", help="experiment id (e1 ... e7)")
     parser.add_argument("--profile", choices=("quick", "default", "full"), default=None,
                         help="default: 'full' if FULL=1, 'quick' if QUICK=1, else 'default'")
@@ -37,6 +68,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.step == "make-deps":
         sys.stdout.write(_make_deps())
+        return 0
+    if args.step == "e3-data":
+        _e3_data(args.experiment or "results/.e3-data")
         return 0
     if args.step == "list":
         for e in EXPERIMENTS:

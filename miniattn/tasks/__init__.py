@@ -16,8 +16,9 @@ copy         :class:`CopyTask` (permutation / subset / replacement copying)
 keyword      :class:`KeywordClassificationTask` (Zipf filler with planted label words)
 translation  :class:`TranslationTask` (random bilingual lexicon with a ground-truth alignment)
 fixed        :class:`FixedBatchTask` (one fixed batch: full-batch gradient descent)
-text         :class:`Vocabulary`, :func:`tokenize`, :func:`load_classification_file`,
-             :func:`load_parallel_files` and the datasets they return
+vocabulary   :class:`Vocabulary`, :func:`tokenize`
+text         :func:`load_classification_file`, :func:`load_parallel_files` and the datasets they return
+split        :class:`HeldOutSplit` (a seeded held-out part of a finite dataset)
 
 Randomness comes only from the ``numpy.random.Generator`` passed in; nothing here touches NumPy's
 global random state.
@@ -74,13 +75,13 @@ from miniattn.tasks.copy import CopyTask  # noqa: E402
 from miniattn.tasks.keyword import KeywordClassificationTask  # noqa: E402
 from miniattn.tasks.text import (  # noqa: E402
     ClassificationDataset,
-    HeldOutSplit,
     ParallelDataset,
     Vocabulary,
     load_classification_file,
     load_parallel_files,
     tokenize,
 )
+from miniattn.tasks.split import HeldOutSplit  # noqa: E402
 from miniattn.tasks.translation import TranslationTask  # noqa: E402
 from miniattn.tasks.fixed import FixedBatchTask  # noqa: E402
 
