@@ -1,5 +1,5 @@
-"""Agreement between two scores over source positions (SPEC §6): top-k match, Kendall τ, the shuffled
-baseline Â, ξ(v), and percentile-bootstrap confidence intervals.
+"""Agreement between two scores over source positions: top-k match, Kendall τ, the shuffled baseline
+Â, ξ(v), and percentile-bootstrap confidence intervals (the metrics of experiment E3).
 
 Every metric compares two score arrays ``a`` and ``b`` of the same shape ``(..., n)``: the last axis
 holds the source positions of one *item* (an (example, output position) pair), the leading axes

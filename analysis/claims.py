@@ -156,7 +156,9 @@ def claim_from_dict(data: Mapping[str, Any]) -> Claim:
     high = math.inf if crit["high"] is None else float(crit["high"])
     crit = Criterion(crit["name"], low, high, crit.get("why", ""))
     interval = data.pop("interval", None)
-    return Claim(criterion=crit, interval=tuple(interval) if interval is not None else None, **data)
+    if interval is not None:
+        interval = tuple(math.nan if v is None else float(v) for v in interval)
+    return Claim(criterion=crit, interval=interval, **data)
 
 
 def rate_claim(statement: str, paper: Any, successes: Sequence[bool], criterion: Criterion, **kw) -> Claim:

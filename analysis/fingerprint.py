@@ -83,7 +83,9 @@ def module_closure(name: str, root: Path | None = None, packages=PROJECT_PACKAGE
     if module_path(name, root) is None:
         raise ValueError(f"no project module named {name!r} under {root}")
     seen: set[str] = set()
-    todo = [name]
+    parts = name.split(".")
+    # Importing a.b.c runs a/__init__ and a/b/__init__ first: they are part of its code too.
+    todo = [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if module_path(p, root)]
     while todo:
         current = todo.pop()
         if current in seen or current in exclude:
@@ -114,8 +116,8 @@ def source_hash(text: str, filename: str = "<source>") -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _file_hash(path: Path, mtime_ns: int, size: int) -> str:
-    return source_hash(path.read_text(encoding="utf-8"), str(path))
+def _text_hash(text: str, filename: str) -> str:
+    return source_hash(text, filename)
 
 
 def fingerprint(name: str, root: Path | None = None) -> str:
@@ -124,8 +126,7 @@ def fingerprint(name: str, root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for mod in module_closure(name, root):
         path = module_path(mod, root)
-        st = path.stat()
-        digest.update(f"{mod}\0{_file_hash(path, st.st_mtime_ns, st.st_size)}\n".encode())
+        digest.update(f"{mod}\0{_text_hash(path.read_text(encoding='utf-8'), str(path))}\n".encode())
     return digest.hexdigest()
 
 

@@ -1,19 +1,45 @@
-"""Collect the paper's per-position quantities from any model, and the agreement table (SPEC §6, E3).
+"""Collect the paper's per-position quantities from any model, and the agreement table (experiment E3).
 
-:func:`probe_all` asks a model for its attention α (``model.forward``), its KTIW probe β
-(``model.ktiw_probe``) and its gradient × input saliency Δ (``model.saliency``) on one batch and
-returns them aligned on (example, output position, source position), with the mask of valid
-triples. Classifiers have one output position (T = 1). For a multi-head model the per-head attention
-is kept (``alpha_heads``) and ``alpha`` is the head average — the quantity the model's averaged
-context actually uses.
+Notation: example b, output position t (T = 1 for a classifier: the label is the one output),
+source position s; ``y_t`` the gold output, ``p_θ`` the model's output distribution, ``α_{t,s}``
+its attention, ``v_s`` the value (what attending to s puts in the context) and
+``c_t = Σ_s α_{t,s} v_s`` the context that output t reads.
 
-:func:`agreement_table` computes, on the same valid triples, the paper's table:
+**Attention α** — ``α[b, t, s]``, from ``model.forward(batch).attention``. For a multi-head model
+the per-head attention is kept (``alpha_heads``) and α is the head average, the quantity the
+model's averaged context actually uses.
+
+**KTIW probe β** (knowledge to translate individual words) — the log-probability of the gold
+output when the context is replaced by source position s alone, everything else fixed::
+
+    β[b, t, s] = log p_θ(y_t | c_t := v_s)        (α_{t,·} replaced by the one-hot of s)
+
+e.g. ``log softmax([q_t ; v_s] W_o + b)[y_t]`` for :class:`~miniattn.models.seq2seq.Seq2SeqAttention`,
+``log softmax(E[x_s] W_o + b)[y]`` for :class:`~miniattn.models.classifier.AttentionClassifier`,
+``log softmax(M[:, x_s] + b)[y_t]`` for :class:`~miniattn.models.free_copy.FreeAttentionCopyModel`,
+``log σ(y± β[x_s])`` for the toys of :mod:`miniattn.models.toy` (``model.ktiw_probe``). β of the
+uniform-attention twin is β^uf; β^px is the same quantity for a bag-of-words regression
+(:mod:`analysis.bag_of_words`, :mod:`analysis.cooccurrence`).
+
+**Saliency Δ** — gradient × input: scale what source position s contributes by ``λ_s`` (its
+encoder state ``h_s → λ_s h_s``, keys and values alike; the value alone in the toys and the free
+copy model) and differentiate the gold log-probability at λ = 1::
+
+    Δ[b, t, s] = ∂ log p_θ(y_t) / ∂λ_s |_{λ = 1}  =  (∂ log p_θ(y_t) / ∂h_s) · h_s
+
+signed: the most supportive position ranks first (``model.saliency``).
+
+:func:`probe_all` returns the three aligned on (example, output position, source position) with
+the mask of valid triples; whatever a model puts at a masked triple (0, −inf or NaN), the probes
+are NaN there and only there. :func:`agreement_table` computes, on the same valid triples, the
+paper's table:
 
 * ``A(α, β^uf)`` — where the normal model attends vs what the uniform twin's KTIW supports;
 * ``A(β^uf, β^px)`` — the uniform twin's KTIW vs the bag-of-words (co-occurrence) prediction;
 * ``A(Δ, β^uf)`` — the normal model's saliency vs the uniform twin's KTIW;
 
-each with its shuffled baseline Â, Kendall τ and percentile-bootstrap confidence intervals.
+each with its shuffled baseline Â, Kendall τ and percentile-bootstrap confidence intervals (the
+metrics are defined in :mod:`analysis.agreement`).
 """
 
 from __future__ import annotations
@@ -24,7 +50,7 @@ import numpy as np
 
 from analysis.agreement import (BootstrapCI, bootstrap_ci, kendall_tau_items, shuffle_within_items, top_k_match,
                                 top_k_size, valid_positions)
-from analysis.cooccurrence import batch_arrays
+from analysis.bag_of_words import batch_arrays
 
 __all__ = ["Probes", "probe_all", "agreement_table", "PAIRS"]
 
@@ -57,11 +83,17 @@ class Probes(NamedTuple):
 
 
 def _probe_array(name: str, value, shape: tuple, mask: np.ndarray) -> np.ndarray:
+    """``value`` as float64 with NaN outside ``mask``; NaN inside it is refused (see :func:`probe_all`)."""
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must return a floating-point array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name} must return shape (B, T, S) = {shape}, got {arr.shape}")
+    # NaN is the mark of an invalid triple: a NaN at a valid one would silently drop it from
+    # every metric, so it is an error of the model (e.g. diverged parameters), not a value.
+    if np.isnan(arr[mask]).any():
+        raise ValueError(f"{name} returned NaN at {int(np.isnan(arr[mask]).sum())} valid (example, output, "
+                         "source) triple(s); NaN may only mark masked ones")
     return np.where(mask, arr.astype(np.float64), np.nan)
 
 
@@ -79,7 +111,23 @@ def probe_all(model, batch) -> Probes:
     Returns
     -------
     Probes
-        ``mask[b, t, s] = source_mask[b, s] & target_mask[b, t]``; α, β, Δ are NaN outside it.
+        ``mask[b, t, s] = source_mask[b, s] & target_mask[b, t]``.
+
+    Notes
+    -----
+    The one contract for values outside the mask, the same for every model: α, β and Δ (and
+    ``alpha_heads``) are NaN **exactly** where ``mask`` is False, whatever the model returns there
+    (0, −inf or NaN), so any metric skips those triples even without the mask. Where ``mask`` is
+    True they are the model's values; a NaN there raises ``ValueError`` (it would otherwise be
+    mistaken for a masked triple). ±inf is kept as an ordered value (a log-probability may
+    underflow); on finite parameters every model of :mod:`miniattn.models` returns finite values.
+
+    Raises
+    ------
+    TypeError
+        If the model lacks a method, a method returns a non-float array, or the batch type is unknown.
+    ValueError
+        If a method returns the wrong shape, or NaN at a valid triple.
     """
     for method in ("forward", "ktiw_probe", "saliency"):
         if not callable(getattr(model, method, None)):
@@ -127,7 +175,7 @@ def agreement_table(probes_normal: Probes, probes_uniform: Probes, beta_px, rng:
     probes_normal, probes_uniform : Probes
         From :func:`probe_all` on the same batch.
     beta_px : float array (B, T, S)
-        β^px from :mod:`analysis.cooccurrence` on the same batch.
+        β^px from :func:`analysis.cooccurrence.beta_px_for_batch` on the same batch.
     rng : numpy.random.Generator
         Drives the shuffles and the bootstrap.
     frac : float in (0, 1]

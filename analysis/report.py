@@ -204,8 +204,11 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
 
 
 def render_report(results: str | os.PathLike | None = None, report_dir: str | os.PathLike = ".",
-                  experiments: Sequence[ExperimentInfo] = EXPERIMENTS) -> str:
+                  experiments: Sequence[ExperimentInfo] | None = None) -> str:
     """The whole report as a markdown string (links relative to ``report_dir``)."""
+    if experiments is None:
+        from analysis import experiments as registry
+        experiments = registry.EXPERIMENTS
     results = results_root(results)
     report_dir = Path(report_dir)
     sections, statuses = [], []

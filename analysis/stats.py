@@ -159,7 +159,9 @@ def n_to_decide_mean(mean: float, std: float, threshold: float, *, confidence: f
     for n in range(2, 200):
         if float(stats.t.ppf(0.5 + c / 2, df=n - 1)) * std / math.sqrt(n) < gap:
             return n
-    n = math.ceil((float(stats.norm.ppf(0.5 + c / 2)) * std / gap) ** 2) + 1
+    n = max(200, math.ceil((float(stats.norm.ppf(0.5 + c / 2)) * std / gap) ** 2))
+    while n <= MAX_N and float(stats.t.ppf(0.5 + c / 2, df=n - 1)) * std / math.sqrt(n) >= gap:
+        n += 1
     return n if n <= MAX_N else None
 
 

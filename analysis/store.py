@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -156,7 +157,7 @@ class ResultStore:
             try:
                 with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
                     meta["data"].update({k: z[k] for k in z.files})
-            except (OSError, ValueError, EOFError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
                 raise ValueError(f"{path.with_suffix('.npz')}: unreadable ({exc}); rerun the compute step") from None
         return StoredRun(meta)
 

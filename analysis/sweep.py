@@ -200,13 +200,14 @@ def run_sweep(experiment: str, runs: Sequence[RunSpec], fn: Callable[[dict], Map
     list of StoredRun, in the order of ``runs``.
     """
     store = ResultStore(experiment, root)
+    for r in runs:
+        if not isinstance(r, RunSpec):
+            raise TypeError(f"runs must contain RunSpec objects, got {type(r).__name__}")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"run names must be unique within a sweep; repeated: "
                          f"{sorted({n for n in names if names.count(n) > 1})}")
     for r in runs:
-        if not isinstance(r, RunSpec):
-            raise TypeError(f"runs must contain RunSpec objects, got {type(r).__name__}")
         store.run_path(r.name)
     store.clean_temps()
     todo = [r for r in runs if not store.is_current(r.name, r.config, code)]

@@ -17,8 +17,12 @@ From the blog's start (β = 0, p = ½): ``p = ½ cosh(√2 τ)``, ``D = (√2/2)
 ``D = τ + O(τ³)`` (first order: KTIW moves at once) while ``p − ½ = τ²/2 + O(τ⁴)`` (second order:
 attention moves only once KTIW exists). ``p`` reaches 1 at ``τ = arccosh(2)/√2 ≈ 0.9312``.
 
-Simulation. Plain gradient descent with step ``lr`` on the same model; step k sits at ``τ = k·lr``
-(forward Euler on the flow, global error O(lr)).
+This is the one statement of the toy's closed form in the code; the experiment (E1,
+:mod:`analysis.experiments.e1_toy`) and the figures link here.
+
+Simulation. Plain gradient descent with step ``lr`` on the same model, trained by
+:func:`miniattn.train.train` (full-batch, :class:`~miniattn.tasks.FixedBatchTask`); step k sits at
+``τ = k·lr`` (forward Euler on the flow, global error O(lr)).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 
 from miniattn.models.toy import GatedToyClassifier, toy_batch
 from miniattn.optim import SGD
+from miniattn.tasks import FixedBatchTask
+from miniattn.train import train
 
 __all__ = ["ToyTrajectory", "closed_form", "hitting_time", "simulate_gd", "early_time_orders",
            "attention_velocity", "toy_loss", "e1_summary", "SQRT2"]
@@ -110,11 +116,24 @@ def hitting_time(target: float = 1.0, beta0: float = 0.0, beta1: float = 0.0, p:
     return float(np.log(min(valid)) / SQRT2) if valid else float("inf")
 
 
+def _toy_state(model, batch) -> dict:
+    """The toy's state and its own loss ``p (β_0 − β_1)`` (``metrics_fn`` of :func:`simulate_gd`).
+
+    The loss is read from ``loss_and_grads`` without any step (the records' built-in ``loss`` is
+    the held-out cross-entropy of the logistic reading, not the blog's linear loss).
+    """
+    beta = model.params["beta"]
+    return {"beta0": float(beta[0]), "beta1": float(beta[1]), "p": float(model.params["p"]),
+            "linear_loss": float(model.loss_and_grads(batch)[0])}
+
+
 def simulate_gd(tau_max: float, lr: float = 1e-3, beta0: float = 0.0, beta1: float = 0.0, p: float = 0.5,
                 *, record_every: int = 1) -> ToyTrajectory:
     """Plain gradient descent on :class:`GatedToyClassifier` over :func:`toy_batch`.
 
-    Step k is placed at ``τ = k·lr`` (so this is forward Euler on the flow of :func:`closed_form`).
+    Trained by :func:`miniattn.train.train` on :class:`~miniattn.tasks.FixedBatchTask` (full-batch
+    gradient descent) with :class:`~miniattn.optim.SGD`; step k is placed at ``τ = k·lr`` (so this
+    is forward Euler on the flow of :func:`closed_form`).
 
     Parameters
     ----------
@@ -139,21 +158,16 @@ def simulate_gd(tau_max: float, lr: float = 1e-3, beta0: float = 0.0, beta1: flo
         raise ValueError(f"lr must be > 0, got {lr}")
     if int(record_every) < 1:
         raise ValueError(f"record_every must be an integer >= 1, got {record_every}")
+    # The 1e-9 keeps tau_max / lr = 1000.0000000001 (binary rounding of e.g. 1.0 / 1e-3) at 1000 steps.
     steps = int(np.ceil(tau_max / lr - 1e-9))
     model = GatedToyClassifier(beta=(beta0, beta1), p=p)
     batch = toy_batch()
-    opt = SGD(model.params, lr=lr)
-    rows = []
-    # The loop is over optimisation steps (time of training), not inside a forward pass.
-    for k in range(steps + 1):
-        loss, grads = model.loss_and_grads(batch)
-        if k % record_every == 0 or k == steps:
-            beta = model.params["beta"]
-            rows.append((k * lr, beta[0], beta[1], float(model.params["p"]), loss))
-        if k < steps:
-            opt.step(grads)
-    cols = np.array(rows, dtype=np.float64).T
-    return ToyTrajectory(*cols)
+    # The batch is fixed and the model deterministic, so the seed draws nothing that matters.
+    history = train(model, FixedBatchTask(batch, name="blog toy"), SGD(model.params, lr=lr), steps=steps,
+                    batch_size=len(batch.labels), seed=0, eval_every=int(record_every), eval_batch=batch,
+                    metrics_fn=_toy_state, progress=False)
+    return ToyTrajectory(history.eval_steps().astype(np.float64) * lr, history.metric("beta0"),
+                         history.metric("beta1"), history.metric("p"), history.metric("linear_loss"))
 
 
 def early_time_orders(tau) -> tuple[np.ndarray, np.ndarray]:

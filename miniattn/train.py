@@ -162,7 +162,8 @@ def _loss_and_grads(model, batch, step: int):
     """
     try:
         loss, grads = model.loss_and_grads(batch)
-    except (NonFiniteError, FloatingPointError) as exc:
+    except (NonFiniteError, FloatingPointError, RuntimeWarning) as exc:
+        # RuntimeWarning: an overflow warning turned into an error by a warnings filter.
         raise TrainingDiverged(step, f"a non-finite value inside the forward/backward pass ({exc})") from None
     loss = float(loss)
     if not math.isfinite(loss):

@@ -13,7 +13,7 @@ from analysis.agreement import (agreement, bootstrap_ci, kendall_tau, kendall_ta
 
 
 def naive_top_k_match(a, b, valid, frac):
-    """Item-by-item reference written straight from the SPEC's definition."""
+    """Item-by-item reference written straight from the definition in analysis/agreement.py's docstring."""
     lead = a.shape[:-1]
     a2, b2, v2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, a.shape[-1]), valid.reshape(-1, a.shape[-1])
     out = []

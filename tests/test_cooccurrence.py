@@ -1,4 +1,4 @@
-"""Tests for analysis.cooccurrence: counts, β^px (closed form and regression), stage-2 prediction."""
+"""Tests for analysis.cooccurrence and analysis.bag_of_words: counts, β^px (closed form and regression), stage 2."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from analysis.agreement import agreement, kendall_tau
-from analysis.cooccurrence import (bag_of_words_features, bag_of_words_loss, batch_arrays, beta_px_closed_form,
-                                   beta_px_for_batch, beta_px_regression, cooccurrence_counts, copy_ktiw_signal,
-                                   fit_bag_of_words, predicted_score_gradient, stage2_prediction, target_counts)
+from analysis.bag_of_words import (bag_of_words_features, bag_of_words_loss, batch_arrays, beta_px_regression,
+                                   fit_bag_of_words, target_counts)
+from analysis.cooccurrence import (beta_px_closed_form, beta_px_for_batch, cooccurrence_counts, copy_ktiw_signal,
+                                   predicted_score_gradient, stage2_prediction)
 from miniattn.batch import ClassificationBatch, Seq2SeqBatch
 from miniattn.gradcheck import check_vjp, numerical_vjp
 from miniattn.layers import log_softmax, masked_softmax

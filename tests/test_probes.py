@@ -13,6 +13,7 @@ from miniattn.layers import masked_softmax
 from miniattn.models.base import ForwardResult
 from miniattn.optim import Adam
 from miniattn.tasks import CopyTask, KeywordClassificationTask
+from miniattn.train import train
 
 
 class StandIn:
@@ -178,6 +179,89 @@ def test_probe_all_with_the_real_models():
             np.testing.assert_allclose(probes.alpha, 0.2)
 
 
+def _ragged(batch, rng, *, source=True):
+    """``batch`` with ragged source masks (if ``source``) and a ragged target mask, each row keeping one."""
+    S, T = batch.source.shape[1], batch.target_mask.shape[1]
+    B = batch.source.shape[0]
+    target_mask = batch.target_mask & (np.arange(T)[None, :] < rng.integers(1, T + 1, size=(B, 1)))
+    source_mask = batch.source_mask
+    if source:
+        source_mask = source_mask & (np.arange(S)[None, :] < rng.integers(1, S + 1, size=(B, 1)))
+    return batch._replace(source_mask=source_mask, target_mask=target_mask)
+
+
+def _toy_batch(rng, vocab, length, ragged):
+    tokens = rng.integers(0, vocab, size=(6, length))
+    mask = np.ones((6, length), bool)
+    if ragged:
+        mask = np.arange(length)[None, :] < rng.integers(1, length + 1, size=(6, 1))
+        tokens[~mask] = vocab + 3                      # padding ids outside the vocabulary
+    return ClassificationBatch(tokens, mask, rng.integers(0, 2, size=6))
+
+
+def _gated_toy(rng):
+    from miniattn.models.toy import GatedToyClassifier
+    return GatedToyClassifier(0.0, vocab=4, init_scale=0.5, rng=rng), _toy_batch(rng, 4, 2, ragged=False)
+
+
+def _softmax_toy(rng):
+    from miniattn.models.toy import SoftmaxGatedToyClassifier
+    return SoftmaxGatedToyClassifier(vocab=5, init_scale=0.5, rng=rng), _toy_batch(rng, 5, 7, ragged=True)
+
+
+def _classifier(rng):
+    AttentionClassifier = _real_models()[0]
+    task = KeywordClassificationTask(vocab=30, length=10, min_length=3)
+    return AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=6, rng=rng), task.sample(rng, 8)
+
+
+def _seq2seq(heads):
+    def build(rng):
+        Seq2SeqAttention = _real_models()[1]
+        copy = CopyTask(4, 7, "subset")
+        model = Seq2SeqAttention(copy.input_vocab_size, copy.output_vocab_size, copy.source_length,
+                                 copy.target_length, dim=6, heads=heads, rng=rng)
+        return model, _ragged(copy.sample(rng, 5), rng)
+    return build
+
+
+def _free_copy(rng):
+    FreeAttentionCopyModel = _real_models()[2]
+    return FreeAttentionCopyModel(5, 8, rng=rng), _ragged(CopyTask(5, 8, "subset", specials=False).sample(rng, 5), rng)
+
+
+@pytest.mark.parametrize("build", [_gated_toy, _softmax_toy, _classifier, _seq2seq(1), _seq2seq(2), _free_copy],
+                         ids=["GatedToyClassifier", "SoftmaxGatedToyClassifier", "AttentionClassifier",
+                              "Seq2SeqAttention-1head", "Seq2SeqAttention-2heads", "FreeAttentionCopyModel"])
+def test_probes_are_nan_exactly_outside_the_mask_for_every_model(build):
+    """The one contract of probe_all: α, β, Δ NaN exactly where the mask is False, finite elsewhere."""
+    rng = np.random.default_rng(np.random.SeedSequence(37))
+    model, batch = build(rng)
+    probes = probe_all(model, batch)
+    assert probes.mask.any()
+    for name in ("alpha", "beta", "delta"):
+        value = getattr(probes, name)
+        assert value.shape == probes.mask.shape and value.dtype == np.float64, name
+        np.testing.assert_array_equal(np.isnan(value), ~probes.mask, err_msg=name)
+        assert np.isfinite(value[probes.mask]).all(), name
+    if probes.alpha_heads is not None:
+        np.testing.assert_array_equal(np.isnan(probes.alpha_heads), np.broadcast_to(~probes.mask,
+                                                                                    probes.alpha_heads.shape))
+
+
+def test_probe_all_refuses_nan_at_a_valid_triple():
+    batch = CopyTask(3, 4, "subset", specials=False).sample(np.random.default_rng(0), 2)
+
+    class NanBeta(StandIn):
+        def ktiw_probe(self, batch):
+            beta = super().ktiw_probe(batch).copy()
+            beta[0, 0, 0] = np.nan
+            return beta
+
+    with pytest.raises(ValueError, match="ktiw_probe returned NaN at 1 valid"):
+        probe_all(NanBeta(), batch)
+
+
 # ------------------------------------------------------------------------------------------------
 # agreement_table
 # ------------------------------------------------------------------------------------------------
@@ -245,16 +329,15 @@ def test_trained_classifier_attention_agrees_with_the_uniform_twins_ktiw_far_abo
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(34).spawn(4)]
     task = KeywordClassificationTask(vocab=200, length=20, keywords_per_class=4, min_length=10,
                                      keyword_strength=0.9, noise=0.1)
+    evaluate, fit = task.sample(streams[0], 500), task.sample(streams[1], 5000)
     models = {}
     for uniform in (False, True):
         model = AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=16, uniform=uniform,
                                     rng=np.random.default_rng(np.random.SeedSequence(35)))
-        optimizer = Adam(model.params, lr=1e-2)
-        data = np.random.default_rng(np.random.SeedSequence(36))       # same batches for both twins
-        for _ in range(300):
-            optimizer.step(model.loss_and_grads(task.sample(data, 64))[1])
+        # The same seed gives both twins the same batches.
+        train(model, task, Adam(model.params, lr=1e-2), steps=300, batch_size=64, seed=36, eval_every=300,
+              eval_batch=evaluate, progress=False)
         models[uniform] = model
-    evaluate, fit = task.sample(streams[0], 500), task.sample(streams[1], 5000)
     beta_px = beta_px_for_batch(fit, evaluate, task.input_vocab_size, task.output_vocab_size)
     table = agreement_table(probe_all(models[False], evaluate), probe_all(models[True], evaluate), beta_px,
                             streams[2], n_boot=500)

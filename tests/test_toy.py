@@ -188,6 +188,31 @@ def test_simulated_gd_matches_closed_form():
     assert abs(crossed - 0.931) < 1e-3
 
 
+def test_simulated_gd_is_forward_euler_on_the_flow():
+    # simulate_gd trains through miniattn.train.train; its states must be exactly the forward-Euler
+    # recurrence of the blog's flow (dβ1 = p, dβ0 = −p, dp = β1 − β0), step k at τ = k·lr.
+    lr, steps = 0.05, 40
+    sim = simulate_gd(steps * lr, lr=lr, beta0=0.3, beta1=-0.2, p=0.4)
+    b0, b1, p = 0.3, -0.2, 0.4
+    expected = [(b0, b1, p)]
+    for _ in range(steps):
+        b0, b1, p = b0 - lr * p, b1 + lr * p, p + lr * (b1 - b0)
+        expected.append((b0, b1, p))
+    expected = np.array(expected)
+    np.testing.assert_allclose(sim.tau, lr * np.arange(steps + 1), rtol=1e-12)
+    np.testing.assert_allclose(np.c_[sim.beta0, sim.beta1, sim.p], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sim.loss, expected[:, 2] * (expected[:, 0] - expected[:, 1]), rtol=1e-12, atol=1e-12)
+
+
+def test_simulated_gd_records_every_kth_step_and_the_last():
+    sim = simulate_gd(1.0, lr=0.1, record_every=3)
+    np.testing.assert_allclose(sim.tau, [0.0, 0.3, 0.6, 0.9, 1.0])
+    with pytest.raises(ValueError, match="record_every"):
+        simulate_gd(1.0, lr=0.1, record_every=0)
+    with pytest.raises(ValueError, match="lr"):
+        simulate_gd(1.0, lr=0.0)
+
+
 def test_gd_error_is_first_order_in_lr():
     # Forward Euler: halving the step halves the error at a fixed τ (ratio ≈ 2, not ≈ 1 or 4).
     errors = [abs(simulate_gd(1.0, lr=lr).p[-1] - closed_form(1.0).p) for lr in (2e-3, 1e-3)]

@@ -1,77 +1,87 @@
 """E3 — agreement between attention, the uniform twin's KTIW probe, β^px and saliency (paper Table 1).
 
-For each task and seed: a normally trained model and its uniform-attention twin are trained from the
-same initialisation on the same batches; on a held-out batch we collect α and Δ of the normal model,
-β^uf of the twin (:func:`analysis.probes.probe_all`) and β^px of a bag-of-words regression fitted on
-a separate batch (:func:`analysis.cooccurrence.beta_px_for_batch`), and compute the paper's
-agreement table (:func:`analysis.probes.agreement_table`): A(α, β^uf), A(β^uf, β^px), A(Δ, β^uf),
-the shuffled baseline Â and Kendall τ. ξ(v) (:func:`analysis.agreement.xi`) is the normal model's
-accuracy at the first checkpoint whose attention agrees with its own final attention more than v;
-ξ* is its best accuracy.
+For each task and seed a normally trained model and its uniform-attention twin are trained by
+:func:`miniattn.train.train` from the same initialisation on the same batches (the same ``seed``).
+On a held-out batch we collect α and Δ of the normal model, β^uf of the twin
+(:func:`analysis.probes.probe_all`, whose module docstring defines β and Δ) and β^px of a
+bag-of-words regression fitted on a separate batch (:func:`analysis.cooccurrence.beta_px_for_batch`),
+and compute the paper's agreement table (:func:`analysis.probes.agreement_table`): A(α, β^uf),
+A(β^uf, β^px), A(Δ, β^uf), each with its shuffled baseline Â and Kendall τ. ξ(v)
+(:func:`analysis.agreement.xi`) is the normal model's accuracy at the first checkpoint whose
+attention (stashed by ``on_eval`` at every evaluation) agrees with its own final attention more
+than v; ξ* is its best accuracy.
 
 Tasks: keyword classification (:class:`~miniattn.tasks.KeywordClassificationTask`,
 :class:`~miniattn.models.classifier.AttentionClassifier`) and synthetic translation
 (:class:`~miniattn.tasks.TranslationTask`, :class:`~miniattn.models.seq2seq.Seq2SeqAttention`).
 The paper's numbers are for IMDB and Multi30k with LSTMs; the claim reproduced is the ordering
-A ≫ Â, with a t-interval over seeds.
+A ≫ Â, read as the mean over seeds of A − Â being at least :data:`MIN_GAP` points (×100).
 
-Real text (SPEC §8: "real text when the user supplies files"): with ``E3_TEXT=labels.tsv`` (a
-``label<TAB>text`` or ``.csv`` file, :func:`miniattn.tasks.load_classification_file`) and/or
+Real text (when the user supplies files): with ``E3_TEXT=labels.tsv`` (a ``label<TAB>text`` or
+``.csv`` file, :func:`miniattn.tasks.load_classification_file`) and/or
 ``E3_PARALLEL_SOURCE=src.txt E3_PARALLEL_TARGET=tgt.txt`` (line-aligned,
-:func:`miniattn.tasks.load_parallel_files`) in the environment (``make reproduce E3_TEXT=...``), E3
-adds the tasks ``text-classification`` / ``text-translation``. Each file enters the run config with
-its SHA-256, so an edited file is a new run. A fixed 20% of the examples (a seeded permutation) is
-held out: the agreement table and accuracies are measured on it, training and the bag-of-words fit
-draw from the rest.
+:func:`miniattn.tasks.load_parallel_files`) in the environment when :func:`runs` is called, E3 adds
+the tasks ``text-classification`` / ``text-translation``. Each file enters the run config with its
+SHA-256, so an edited file is a new run (and a file edited after configuration is refused). A fixed
+20% of the examples (a seeded permutation, :class:`miniattn.tasks.HeldOutSplit`) is held out: the
+agreement table and accuracies are measured on it, training and the bag-of-words fit draw from the
+rest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from analysis.experiments import common as C
-from miniattn.tasks import HeldOutSplit
+from analysis import stats
+from analysis.claims import at_least, mean_claim
+from analysis.sweep import seed_children, spawn_seed_records, spec
 
-EXP = "e3"
-MODULE = "analysis.experiments.e3_agreement"
-CODE_VERSION = 1
 ROOT_SEED = 31003
-FIGURES = ["figures/e3_agreement.png"]
 ROWS = {"alpha_vs_beta_uf": "A(α, β^uf)", "beta_uf_vs_beta_px": "A(β^uf, β^px)",
         "delta_vs_beta_uf": "A(Δ, β^uf)"}
-# SPEC §6: the authors' development runs (×100). Classification ↔ IMDB, translation ↔ Multi30k.
+#: The paper's Table 1 (the authors' development runs, ×100). Classification ↔ IMDB, translation ↔ Multi30k.
 PAPER = {"classification": {"alpha_vs_beta_uf": 52.6, "beta_uf_vs_beta_px": 81.6,
-                            "delta_vs_beta_uf": 61.6, "A_hat": 5.6},
+                            "delta_vs_beta_uf": 61.6, "A_hat": 5.6, "dataset": "IMDB"},
          "translation": {"alpha_vs_beta_uf": 31.0, "beta_uf_vs_beta_px": 34.4,
-                         "delta_vs_beta_uf": 27.1, "A_hat": 7.1}}
+                         "delta_vs_beta_uf": 27.1, "A_hat": 7.1, "dataset": "Multi30k"}}
 PAPER["text-classification"] = PAPER["classification"]
 PAPER["text-translation"] = PAPER["translation"]
 HELD_OUT_FRACTION = 0.2
 XI_LEVELS = (0.5, 0.75, 0.9)
+#: A ≫ Â, in points ×100. Fixed from the paper's table before any run: its smallest gap is
+#: Multi30k A(Δ, β^uf) = 27.1 against Â = 7.1, i.e. 20 points; half of it still reads as "far above".
+MIN_GAP = 10.0
+GAP = at_least(MIN_GAP, "'A ≫ Â' (far above the random baseline) read as the mean over seeds of A − Â "
+                        "at least 10 points (×100): half the smallest gap of the paper's table "
+                        "(Multi30k A(Δ, β^uf) 27.1 vs Â 7.1)")
+
+DESCRIPTION = (
+    "Top-5% agreement A(a, b) (×100) between where the normally trained model attends (α), its "
+    "saliency (Δ), the uniform-attention twin's KTIW probe (β^uf) and the bag-of-words prediction "
+    "(β^px), with the shuffled baseline Â and Kendall τ; mean over seeds. The paper's claim "
+    "reproduced is the ordering A ≫ Â (the paper's values are for IMDB and Multi30k with LSTMs).")
+
+_SYNTHETIC = {
+    "classification": {"vocab": 200, "length": 20, "min_length": 10, "keywords_per_class": 4,
+                       "keyword_strength": 0.9, "noise": 0.1, "dim": 16, "lr": 1e-2, "batch": 64},
+    "translation": {"vocab": 60, "length": 10, "dim": 32, "lr": 1e-2, "batch": 64},
+}
+_STEPS = {"quick": {"classification": 60, "translation": 60, "text": 30},
+          "default": {"classification": 300, "translation": 200, "text": 300},
+          "full": {"classification": 300, "translation": 400, "text": 300}}
+_SIZES = {"quick": {"seeds": 3, "eval_size": 120, "fit_size": 600, "n_boot": 50, "checkpoints": 6},
+          "default": {"seeds": 3, "eval_size": 300, "fit_size": 3000, "n_boot": 200, "checkpoints": 20},
+          "full": {"seeds": 10, "eval_size": 500, "fit_size": 5000, "n_boot": 500, "checkpoints": 20}}
 
 
-def profile_config(profile: str) -> dict:
-    """Task/model/training settings; the default profile uses fewer seeds and steps."""
-    profile = C.get_profile(profile)
-    full = profile == "full"
-    tasks = {
-        "classification": {"vocab": 200, "length": 20, "min_length": 10, "keywords_per_class": 4,
-                           "keyword_strength": 0.9, "noise": 0.1, "dim": 16, "lr": 1e-2,
-                           "steps": 300, "batch": 64},
-        "translation": {"vocab": 60, "length": 10, "dim": 32, "lr": 1e-2,
-                        "steps": 400 if full else 200, "batch": 64},
-    }
-    tasks.update(text_tasks(os.environ))
-    return {"experiment": EXP, "code_version": CODE_VERSION, "profile": profile, "tasks": tasks,
-            "seeds": 10 if full else 3, "root_seed": ROOT_SEED, "eval_size": 500 if full else 300,
-            "fit_size": 5000 if full else 3000, "checkpoints": 20, "n_boot": 500 if full else 200,
-            "frac": 0.05}
-
+# --------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------
 
 def _file_record(variable: str, path: str) -> dict:
     """Absolute path and SHA-256 of a user-supplied data file (named by its variable on error)."""
@@ -81,14 +91,23 @@ def _file_record(variable: str, path: str) -> dict:
     return {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
-def text_tasks(env) -> dict:
-    """The real-text tasks requested through ``E3_TEXT`` / ``E3_PARALLEL_SOURCE`` + ``_TARGET``."""
+def text_tasks(env, profile: str = "default") -> dict:
+    """The real-text tasks requested through ``E3_TEXT`` / ``E3_PARALLEL_SOURCE`` + ``_TARGET``.
+
+    Parameters
+    ----------
+    env : mapping
+        The environment (``os.environ`` in :func:`runs`).
+    profile : {"quick", "default", "full"}
+        Only the number of training steps depends on it.
+    """
+    steps = _STEPS[profile]["text"]
     tasks = {}
     text = env.get("E3_TEXT", "").strip()
     if text:
         tasks["text-classification"] = {"file": _file_record("E3_TEXT", text), "lowercase": True,
                                         "min_count": 1, "max_length": 200, "dim": 32, "lr": 1e-2,
-                                        "steps": 300, "batch": 64}
+                                        "steps": steps, "batch": 64}
     src, tgt = env.get("E3_PARALLEL_SOURCE", "").strip(), env.get("E3_PARALLEL_TARGET", "").strip()
     if bool(src) != bool(tgt):
         raise ValueError("E3_PARALLEL_SOURCE and E3_PARALLEL_TARGET must be given together, got "
@@ -97,9 +116,30 @@ def text_tasks(env) -> dict:
         tasks["text-translation"] = {"source": _file_record("E3_PARALLEL_SOURCE", src),
                                      "target": _file_record("E3_PARALLEL_TARGET", tgt), "lowercase": True,
                                      "min_count": 1, "max_length": 50, "dim": 32, "lr": 1e-2,
-                                     "steps": 300, "batch": 64}
+                                     "steps": steps, "batch": 64}
     return tasks
 
+
+def runs(profile: str) -> list:
+    """One run per task and seed; the text tasks come from the environment (see the module docstring)."""
+    sizes = _SIZES[profile]
+    tasks = {name: dict(tc, steps=_STEPS[profile][name]) for name, tc in _SYNTHETIC.items()}
+    tasks.update(text_tasks(os.environ, profile))
+    seeds = spawn_seed_records(ROOT_SEED, sizes["seeds"])
+    out = []
+    for name, tc in tasks.items():
+        for i, seed in enumerate(seeds):
+            config = {"task_name": name, "task": tc, "eval_size": sizes["eval_size"],
+                      "fit_size": sizes["fit_size"], "checkpoints": sizes["checkpoints"],
+                      "n_boot": sizes["n_boot"], "frac": 0.05, "xi_levels": list(XI_LEVELS),
+                      "held_out_fraction": HELD_OUT_FRACTION, "seed": seed}
+            out.append(spec(f"{name}-s{i:02d}", config))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# one run
+# --------------------------------------------------------------------------------------------------
 
 def _check_unchanged(record: dict) -> str:
     """The path of a data file whose contents still match the SHA-256 in the run config."""
@@ -109,213 +149,230 @@ def _check_unchanged(record: dict) -> str:
     return record["path"]
 
 
-def _build(task_name: str, tc: dict, seqs, uniform: bool):
-    from miniattn.models.classifier import AttentionClassifier
-    from miniattn.models.seq2seq import Seq2SeqAttention
-    from miniattn.tasks import KeywordClassificationTask, TranslationTask
+def _task(name: str, tc: dict, held_out: float, seq):
+    """The task of a run (its lexicon, keywords or held-out split drawn from ``seq``)."""
+    from miniattn.tasks import (HeldOutSplit, KeywordClassificationTask, TranslationTask,
+                                load_classification_file, load_parallel_files)
 
-    if task_name == "classification":
-        task = KeywordClassificationTask(vocab=tc["vocab"], length=tc["length"],
+    rng = np.random.default_rng(seq)
+    if name == "classification":
+        return KeywordClassificationTask(vocab=tc["vocab"], length=tc["length"],
                                          keywords_per_class=tc["keywords_per_class"],
-                                         min_length=tc["min_length"],
-                                         keyword_strength=tc["keyword_strength"], noise=tc["noise"],
-                                         rng=np.random.default_rng(seqs[0]))
-        model = AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=tc["dim"],
-                                    uniform=uniform, rng=np.random.default_rng(seqs[1]))
-    elif task_name == "text-classification":
-        from miniattn.tasks import load_classification_file
-
+                                         min_length=tc["min_length"], keyword_strength=tc["keyword_strength"],
+                                         noise=tc["noise"], rng=rng)
+    if name == "translation":
+        return TranslationTask(tc["vocab"], tc["vocab"], tc["length"], rng=rng)
+    if name == "text-classification":
         data = load_classification_file(_check_unchanged(tc["file"]), lowercase=tc["lowercase"],
                                         min_count=tc["min_count"], max_length=tc["max_length"])
-        task = HeldOutSplit(data, HELD_OUT_FRACTION, np.random.default_rng(seqs[0]))
-        model = AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=tc["dim"],
-                                    uniform=uniform, rng=np.random.default_rng(seqs[1]))
-    elif task_name == "text-translation":
-        from miniattn.tasks import load_parallel_files
-
+    elif name == "text-translation":
         data = load_parallel_files(_check_unchanged(tc["source"]), _check_unchanged(tc["target"]),
                                    lowercase=tc["lowercase"], min_count=tc["min_count"],
                                    max_length=tc["max_length"])
-        task = HeldOutSplit(data, HELD_OUT_FRACTION, np.random.default_rng(seqs[0]))
-        model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
-                                 task.target_length, dim=tc["dim"], uniform=uniform,
-                                 rng=np.random.default_rng(seqs[1]))
     else:
-        task = TranslationTask(tc["vocab"], tc["vocab"], tc["length"], rng=np.random.default_rng(seqs[0]))
-        model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
-                                 task.target_length, dim=tc["dim"], uniform=uniform,
-                                 rng=np.random.default_rng(seqs[1]))
-    return task, model
+        raise ValueError(f"unknown E3 task {name!r}")
+    return HeldOutSplit(data, held_out, rng)
 
 
-def run_one(config: dict) -> dict:
-    """Train the normal model and its uniform twin on one task and seed; agreement table and ξ."""
+def _model(name: str, tc: dict, task, seq, uniform: bool):
+    """The model of a run; the normal model and its twin get the same ``seq``, hence the same init."""
+    from miniattn.models.classifier import AttentionClassifier
+    from miniattn.models.seq2seq import Seq2SeqAttention
+
+    rng = np.random.default_rng(seq)
+    if name.endswith("classification"):
+        return AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=tc["dim"],
+                                   uniform=uniform, rng=rng)
+    return Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
+                            task.target_length, dim=tc["dim"], uniform=uniform, rng=rng)
+
+
+def run(config: dict) -> dict:
+    """Train the normal model and its uniform twin on one task and seed; agreement table and ξ.
+
+    A training that diverges (:class:`miniattn.train.TrainingDiverged`) is a recorded failure
+    (``diverged`` True, with the model, step and reason), left out of the claims and counted in the
+    notes.
+    """
     from analysis.agreement import xi, xi_star
     from analysis.cooccurrence import beta_px_for_batch
     from analysis.probes import agreement_table, probe_all
     from miniattn.optim import Adam
-    from miniattn.train import evaluate
+    from miniattn.train import TrainingDiverged, train
 
     tc, name = config["task"], config["task_name"]
-    # Children: 0 task (lexicon / keywords), 1 initialisation (shared by both twins),
+    # Children: 0 task (lexicon / keywords / split), 1 initialisation (shared by both twins),
     # 2 training batches (shared), 3 held-out and fit batches, 4 shuffles and bootstrap.
-    seqs = C.seed_children(config["seed"], 5)
-    task, normal = _build(name, tc, seqs, uniform=False)
-    _, twin = _build(name, tc, seqs, uniform=True)
-    eval_rng = np.random.default_rng(seqs[3])
-    # Real text: measure on the held-out part; synthetic tasks: a fresh sample.
-    if isinstance(task, HeldOutSplit):
-        eval_batch = task.held_out_batch()
-    else:
-        eval_batch = task.sample(eval_rng, config["eval_size"])
+    task_seq, init_seq, data_seq, eval_seq, shuffle_seq = seed_children(config["seed"], 5)
+    task = _task(name, tc, config["held_out_fraction"], task_seq)
+    eval_rng = np.random.default_rng(eval_seq)
+    # Real text: measured on the held-out part; a synthetic task: on a fresh sample of its own.
+    held_out = getattr(task, "held_out_batch", None)
+    eval_batch = held_out() if callable(held_out) else task.sample(eval_rng, config["eval_size"])
     fit_batch = task.sample(eval_rng, config["fit_size"])
     every = max(1, tc["steps"] // config["checkpoints"])
-    out: dict = {}
-    for label, model in (("normal", normal), ("uniform", twin)):
-        data = np.random.default_rng(seqs[2])  # identical batches for both twins
-        opt = Adam(model.params, lr=tc["lr"])
-        ckpt_steps, att, perf = [], [], []
-        for k in range(tc["steps"] + 1):  # a loop over training steps, not inside a pass
-            if k % every == 0 or k == tc["steps"]:
-                ev = evaluate(model, eval_batch)
-                ckpt_steps.append(k)
-                perf.append(ev["token_accuracy"])
-                if label == "normal":
-                    att.append(np.asarray(model.forward(eval_batch).attention))
-            if k < tc["steps"]:
-                opt.step(model.loss_and_grads(task.sample(data, tc["batch"]))[1])
-        out[f"{label}_accuracy_curve"] = np.array(perf)
-        out[f"{label}_final_accuracy"] = float(perf[-1])
-        if label == "normal":
-            out["checkpoint_steps"] = np.array(ckpt_steps)
-            mask = np.asarray(probe_all(normal, eval_batch).mask)
-            out["xi"] = {f"{v:g}": xi(att, att[-1], np.array(perf), v, mask=mask, frac=config["frac"])
-                         for v in XI_LEVELS}
-            out["xi_star"] = xi_star(np.array(perf))
+
+    attentions: list[np.ndarray] = []
+
+    def stash(step, model, record):
+        """The normal model's attention on the held-out batch at every evaluation (for ξ)."""
+        attentions.append(np.asarray(model.forward(eval_batch).attention))
+
+    models, histories = {}, {}
+    for label in ("normal", "uniform"):
+        model = _model(name, tc, task, init_seq, uniform=label == "uniform")
+        try:
+            histories[label] = train(model, task, Adam(model.params, lr=tc["lr"]), steps=tc["steps"],
+                                     batch_size=tc["batch"], seed=data_seq, eval_every=every,
+                                     eval_batch=eval_batch, on_eval=stash if label == "normal" else None,
+                                     progress=False)
+        except TrainingDiverged as exc:
+            return {"diverged": True, "diverged_model": label, "diverged_step": exc.step,
+                    "diverged_reason": str(exc)}
+        models[label] = model
+
+    out: dict = {"diverged": False, "checkpoint_steps": histories["normal"].eval_steps()}
+    for label, hist in histories.items():
+        acc = hist.metric("token_accuracy")
+        out[f"{label}_accuracy_curve"] = acc
+        out[f"{label}_final_accuracy"] = float(acc[-1])
+    perf = out["normal_accuracy_curve"]
+    probes_normal, probes_uniform = probe_all(models["normal"], eval_batch), probe_all(models["uniform"], eval_batch)
+    out["xi"] = {f"{v:g}": xi(attentions, attentions[-1], perf, v, mask=probes_normal.mask, frac=config["frac"])
+                 for v in config["xi_levels"]}
+    out["xi_star"] = xi_star(perf)
     beta_px = beta_px_for_batch(fit_batch, eval_batch, task.input_vocab_size, task.output_vocab_size)
-    table = agreement_table(probe_all(normal, eval_batch), probe_all(twin, eval_batch), beta_px,
-                            np.random.default_rng(seqs[4]), frac=config["frac"], n_boot=config["n_boot"])
+    table = agreement_table(probes_normal, probes_uniform, beta_px, np.random.default_rng(shuffle_seq),
+                            frac=config["frac"], n_boot=config["n_boot"])
     for row in ROWS:
         t = table[row]
-        out[row] = {"A": t["A"].mean, "A_low": t["A"].low, "A_high": t["A"].high,
-                    "A_hat": t["A_hat"].mean, "tau": t["tau"].mean, "chance": t["chance"],
-                    "n_items": t["n_items"]}
+        out[row] = {"A": t["A"].mean, "A_low": t["A"].low, "A_high": t["A"].high, "A_hat": t["A_hat"].mean,
+                    "tau": t["tau"].mean, "chance": t["chance"], "n_items": t["n_items"]}
     return out
 
 
-def _runs(cfg: dict) -> list[C.Run]:
-    runs = []
-    seeds = C.spawn_seed_records(cfg["root_seed"], cfg["seeds"])
-    for tname, tc in cfg["tasks"].items():
-        for i, seed in enumerate(seeds):
-            conf = {"experiment": EXP, "code_version": CODE_VERSION, "task_name": tname, "task": tc,
-                    "eval_size": cfg["eval_size"], "fit_size": cfg["fit_size"],
-                    "checkpoints": cfg["checkpoints"], "n_boot": cfg["n_boot"], "frac": cfg["frac"],
-                    "seed": seed}
-            runs.append(C.keyed_run(f"{tname}-s{i:02d}", conf))
-    return runs
+# --------------------------------------------------------------------------------------------------
+# claims, tables, notes, figures (from the stored results only)
+# --------------------------------------------------------------------------------------------------
+
+def _finished(results, task: str) -> list[dict]:
+    """The data of the runs of ``task`` that did not diverge."""
+    return [r.data for r in results.where(task_name=task).records if not r.data.get("diverged")]
 
 
-def compute(profile: str | None = None, *, root=None, executor=None) -> dict:
-    """Run (or reuse) every task and seed; write ``results/e3/summary.json``."""
-    started = time.time()
-    cfg = profile_config(C.get_profile(profile))
-    recs = C.run_sweep(EXP, _runs(cfg), run_one, root=root, executor=executor)
-    src = f"{EXP}/summary.json"
-    stats, claims, rows, xi_rows = {}, [], [], []
-    for tname in cfg["tasks"]:
-        g = [r["data"] for r in recs if r["config"]["task_name"] == tname]
-        st = {}
-        for row in ROWS:
-            st[row] = {k: C.summarize([100 * d[row][k] for d in g], bounds=(0.0, 100.0))
-                       for k in ("A", "A_hat", "chance")}
-            st[row]["tau"] = C.summarize([d[row]["tau"] for d in g])
-        st["normal_final_accuracy"] = C.summarize([d["normal_final_accuracy"] for d in g], bounds=(0, 1))
-        st["uniform_final_accuracy"] = C.summarize([d["uniform_final_accuracy"] for d in g], bounds=(0, 1))
-        st["xi"] = {v: C.summarize([d["xi"][v] for d in g if d["xi"][v] is not None])
-                    if any(d["xi"][v] is not None for d in g) else None for v in g[0]["xi"]}
-        st["xi_star"] = C.summarize([d["xi_star"] for d in g])
-        stats[tname] = st
+def _summary(values, bounds=None) -> dict | None:
+    """:func:`analysis.stats.summarize` of the finite values; None when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return stats.summarize(finite, bounds=bounds) if finite else None
+
+
+def _fmt(s: dict | None, key: str = "mean", f: str = ".1f") -> str:
+    v = None if s is None else s.get(key)
+    return "–" if v is None or not math.isfinite(v) else format(v, f)
+
+
+def claims(results) -> list:
+    """Per task and row: the mean over seeds of A − Â (×100) against :data:`GAP`."""
+    out = []
+    for task in results.distinct("task_name"):
+        data, paper = _finished(results, task), PAPER[task]
         for row, label in ROWS.items():
-            a, ah = st[row]["A"], st[row]["A_hat"]
-            holds = bool(a["n"] > 1 and a["ci_low"] > ah["ci_high"]) if a["n"] > 1 else bool(a["mean"] > ah["mean"])
-            claims.append({"claim": f"{tname}: {label} ≫ Â (×100; mean over {a['n']} seeds, t-CI)",
-                           "paper": PAPER[tname][row], "ours": a["mean"],
-                           "ci": [a["ci_low"], a["ci_high"]], "fmt": ".1f", "holds": holds,
-                           "source": src})
-            rows.append([tname, label, f"{a['mean']:.1f}", f"[{a['ci_low']:.1f}, {a['ci_high']:.1f}]",
-                         f"{ah['mean']:.1f}", f"{st[row]['chance']['mean']:.1f}",
-                         f"{st[row]['tau']['mean']:.3f}", PAPER[tname][row]])
-        ah = st["alpha_vs_beta_uf"]["A_hat"]
-        claims.append({"claim": f"{tname}: shuffled baseline Â ≈ k/n (×100)", "paper": PAPER[tname]["A_hat"],
-                       "ours": ah["mean"], "ci": [ah["ci_low"], ah["ci_high"]], "fmt": ".1f",
-                       "holds": None, "source": src})
-        xi_rows.append([tname] + [f"{st['xi'][v]['mean']:.3f}" if st["xi"][v] else "–" for v in st["xi"]]
-                       + [f"{st['xi_star']['mean']:.3f}", f"{st['normal_final_accuracy']['mean']:.3f}",
-                          f"{st['uniform_final_accuracy']['mean']:.3f}"])
-    notes = ["The paper's values are for IMDB (classification) and Multi30k (translation) with LSTM "
-             "encoders; our tasks are synthetic, so only the ordering A ≫ Â is expected to carry "
-             "over. 'Holds' = the t-interval of A over seeds lies entirely above that of Â.",
-             "ξ uses the normal model's own final attention as the reference (the reference model "
-             "of the paper is the normally trained model)."]
-    for tname, tc in cfg["tasks"].items():
-        if tname.startswith("text-"):
+            gaps = [100 * (d[row]["A"] - d[row]["A_hat"]) for d in data]
+            out.append(mean_claim(
+                f"{task}: {label} far above its shuffle baseline Â (A − Â, ×100, mean over seeds)",
+                f"A = {paper[row]}, Â = {paper['A_hat']} ({paper['dataset']}, LSTM, ×100)",
+                gaps, GAP, bounds=(-100.0, 100.0), fmt=".1f",
+                note=f"{len(data)} of {len(results.where(task_name=task))} runs finished (not diverged)"))
+    return out
+
+
+def tables(results) -> list[dict]:
+    """The agreement table and the ξ table, means over the seeds that did not diverge."""
+    rows, xi_rows = [], []
+    for task in results.distinct("task_name"):
+        data, paper = _finished(results, task), PAPER[task]
+        for row, label in ROWS.items():
+            a = _summary([100 * d[row]["A"] for d in data], (0.0, 100.0))
+            ah = _summary([100 * d[row]["A_hat"] for d in data], (0.0, 100.0))
+            chance = _summary([100 * d[row]["chance"] for d in data])
+            tau = _summary([d[row]["tau"] for d in data])
+            ci = f"[{_fmt(a, 'ci_low')}, {_fmt(a, 'ci_high')}]"
+            rows.append([task, label, _fmt(a), ci, _fmt(ah), _fmt(chance), _fmt(tau, f=".3f"), len(data),
+                         paper[row], paper["A_hat"]])
+        xi_cells = []
+        for v in XI_LEVELS:
+            vals = [d["xi"].get(f"{v:g}") for d in data]
+            s = _summary(vals)
+            defined = sum(x is not None and math.isfinite(x) for x in vals)
+            xi_cells.append(f"{_fmt(s, f='.3f')} ({defined}/{len(data)})")
+        xi_rows.append([task] + xi_cells + [_fmt(_summary([d["xi_star"] for d in data]), f=".3f"),
+                                            _fmt(_summary([d["normal_final_accuracy"] for d in data]), f=".3f"),
+                                            _fmt(_summary([d["uniform_final_accuracy"] for d in data]), f=".3f")])
+    return [
+        {"title": "Agreement (×100), mean over seeds", "source": results.source,
+         "columns": ["task", "pair", "A", "95% CI", "Â", "k/n", "Kendall τ", "seeds", "paper A", "paper Â"],
+         "rows": rows},
+        {"title": "ξ(v): accuracy at the first checkpoint whose attention agrees with the final attention "
+                  "more than v (mean over the seeds where some checkpoint does; count in brackets)",
+         "source": results.source,
+         "columns": ["task"] + [f"ξ({v:g})" for v in XI_LEVELS] + ["ξ*", "final acc. (normal)",
+                                                                  "final acc. (uniform twin)"],
+         "rows": xi_rows},
+    ]
+
+
+def notes(results) -> list[str]:
+    out = ["The paper's values are for IMDB (classification) and Multi30k (translation) with LSTM "
+           "encoders; our tasks are synthetic, so only the ordering A ≫ Â is expected to carry over. "
+           "Each row's claim compares A with that row's own shuffle baseline Â (b shuffled within "
+           "each item), whose expectation is k/n.",
+           "ξ uses the normal model's own final attention as the reference (the reference model of "
+           "the paper is the normally trained model)."]
+    diverged = [r for r in results.records if r.data.get("diverged")]
+    if diverged:
+        out.append(f"{len(diverged)} run(s) diverged and are left out of the claims and tables: "
+                   + "; ".join(f"{r.name} ({r.data['diverged_model']} model, step {r.data['diverged_step']})"
+                               for r in diverged))
+    for task in results.distinct("task_name"):
+        if task.startswith("text-"):
+            tc = results.where(task_name=task).records[0].config["task"]
             files = [tc[k]["path"] for k in ("file", "source", "target") if k in tc]
-            notes.append(f"{tname}: user-supplied text ({', '.join(files)}); measured on a fixed "
-                         f"{HELD_OUT_FRACTION:.0%} held-out split, trained on the rest; no paper value "
-                         "is expected to match beyond the ordering A ≫ Â.")
-    if cfg["profile"] != "full":
-        notes.append(f"Default profile: {cfg['seeds']} seeds per task (FULL=1: 10), held-out batch "
-                     f"{cfg['eval_size']}, bag-of-words fit on {cfg['fit_size']} examples.")
-    summary = {
-        "title": "E3", "figures": FIGURES, "claims": claims, "stats": stats,
-        "description": (
-            "Top-5% agreement A(a, b) (×100) between where the normally trained model attends (α), "
-            "its saliency (Δ), the uniform-attention twin's KTIW probe (β^uf) and the bag-of-words "
-            "prediction (β^px), with the shuffled baseline Â and Kendall τ; mean over seeds."),
-        "tables": [
-            {"title": "Agreement (×100), mean over seeds", "source": src,
-             "columns": ["task", "pair", "A", "95% CI", "Â", "k/n", "Kendall τ", "paper A"], "rows": rows},
-            {"title": "ξ(v): accuracy at the first checkpoint whose attention agrees with the final "
-                      "attention more than v", "source": src,
-             "columns": ["task"] + [f"ξ({v:g})" for v in XI_LEVELS] + ["ξ*", "final acc. (normal)",
-                                                                    "final acc. (uniform twin)"],
-             "rows": xi_rows}],
-        "notes": notes,
-    }
-    C.write_summary(EXP, summary, config=cfg, runs=recs, started=started, root=root)
-    return summary
+            out.append(f"{task}: user-supplied text ({', '.join(files)}); measured on a fixed "
+                       f"{HELD_OUT_FRACTION:.0%} held-out split, trained on the rest; no paper value is "
+                       "expected to match beyond the ordering A ≫ Â.")
+    if results.records:
+        c = results.records[0].config
+        n_seeds = len({(r.config["seed"]["entropy"], tuple(r.config["seed"]["spawn_key"])) for r in results})
+        out.append(f"Profile {results.profile}: {n_seeds} seeds per task, held-out batch {c['eval_size']} "
+                   f"(synthetic tasks), bag-of-words fit on {c['fit_size']} examples, {c['n_boot']} "
+                   "bootstrap replicates per run.")
+    return out
 
 
-def plot(*, root=None) -> list:
-    """Bar chart of A per pair and task with the shuffled baseline."""
+def figures(results) -> list[Path]:
+    """Bar chart of A per pair and task with the shuffled baseline and the paper's values."""
     from analysis import plotting as P
 
-    s = C.load_summary(EXP, root)
-    fig, axes = P.new_figure(1, len(s["stats"]), width=4.2)
-    for j, (tname, st) in enumerate(s["stats"].items()):
-        ax = axes[0, j]
+    tasks = results.distinct("task_name")
+    fig, axes = P.new_figure(1, max(1, len(tasks)), width=4.2)
+    for j, task in enumerate(tasks):
+        ax, data = axes[0, j], _finished(results, task)
         xs = np.arange(len(ROWS))
-        a = np.array([st[r]["A"]["mean"] for r in ROWS])
-        lo = np.array([st[r]["A"]["ci_low"] if st[r]["A"]["ci_low"] is not None else st[r]["A"]["mean"] for r in ROWS])
-        hi = np.array([st[r]["A"]["ci_high"] if st[r]["A"]["ci_high"] is not None else st[r]["A"]["mean"] for r in ROWS])
+        summ = [_summary([100 * d[r]["A"] for d in data], (0.0, 100.0)) for r in ROWS]
+        a = np.array([s["mean"] if s else np.nan for s in summ])
+        lo = np.array([s["ci_low"] if s and math.isfinite(s["ci_low"]) else m for s, m in zip(summ, a)])
+        hi = np.array([s["ci_high"] if s and math.isfinite(s["ci_high"]) else m for s, m in zip(summ, a)])
         ax.bar(xs, a, color=P.COLORS["subset"], alpha=0.8, label="A (simulation), 95% CI")
         ax.errorbar(xs, a, yerr=[a - lo, hi - a], fmt="none", color="black", capsize=3, linewidth=1)
-        ah = np.array([st[r]["A_hat"]["mean"] for r in ROWS])
-        ax.plot(xs, ah, "v", color=P.COLORS["permutation"], label="Â (shuffled baseline)")
-        pap = [PAPER[tname][r] for r in ROWS]
-        ax.plot(xs, pap, "_", color=P.COLORS["theory"], markersize=18, markeredgewidth=2,
-                label="paper (IMDB / Multi30k)")
+        ah = [_summary([100 * d[r]["A_hat"] for d in data]) for r in ROWS]
+        ax.plot(xs, [s["mean"] if s else np.nan for s in ah], "v", color=P.COLORS["permutation"],
+                label="Â (shuffled baseline)")
+        ax.plot(xs, [PAPER[task][r] for r in ROWS], "_", color=P.COLORS["theory"], markersize=18,
+                markeredgewidth=2, label="paper (IMDB / Multi30k)")
         ax.set_xticks(xs, list(ROWS.values()))
-        ax.set_ylim(0, 105)
-        P.finish_axes(ax, xlabel="pair", ylabel="top-5% agreement (×100)", title=tname)
-    return [P.save_figure(fig, "e3_agreement", root=root)]
-
-
-def main(argv=None) -> int:
-    """CLI: ``python -m analysis.experiments.e3_agreement {compute,plot,all} [--profile P]``."""
-    return C.experiment_cli(MODULE, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        # Headroom above 100 keeps the legend (first panel only) clear of the bars.
+        ax.set_ylim(0, 135)
+        ax.set_yticks(np.arange(0, 101, 20))
+        P.finish_axes(ax, xlabel="pair", ylabel="top-5% agreement (×100)", title=task, legend=j == 0,
+                      loc="upper center", ncol=2, fontsize=7)
+    return [P.save_figure(fig, "e3_agreement", root=results.root)]
