@@ -1,4 +1,4 @@
-"""Reduced gradient-flow dynamics of the free-parameter copy model (SPEC §7; derivation in README.md).
+"""Reduced gradient-flow dynamics of the free-parameter copy model (derivation: analysis/README.md, §2-§5).
 
 On the copy task (source = L distinct tokens of V in random order, y_t = x_t), the expected loss is
 invariant under relabelling the tokens (``M → P M Pᵀ``, ``b → P b``) and the positions
@@ -25,50 +25,34 @@ Factorised ``M = Wₒ Eᵀ``: with ``G = ∂L/∂M = g_d I + g_o (J − I)``, ``
 ``dP/dτ = −(G Mᵀ + M Gᵀ)``; all three stay in the invariant class, which closes the system in
 (m_d, m_o, p_d, p_o, q_d, q_o, a_d, a_o).
 
-Public functions: :func:`project`, :func:`reduced_loss`, :func:`reduced_gradient`,
-:func:`prob_correct`, :func:`reduced_rhs`, :func:`integrate_reduced`, :func:`time_to_learn`,
-:func:`crossing_time`, :func:`predicted_time_to_learn_vs_vocab`, :func:`escape_time_vs_init_scale`,
-:func:`symmetric_params`, :func:`enumerate_copy_batch`, :func:`simulate_sgd`,
-:func:`compare_with_simulation`.
+The simulations this ODE is compared with (and the symmetric points and exact-enumeration batch
+that check the derivation) are in :mod:`analysis.simulation`.
 """
 
 from __future__ import annotations
 
-import itertools
-from math import perm
 from typing import NamedTuple
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from miniattn.batch import Seq2SeqBatch
-from miniattn.models.free_copy import FreeAttentionCopyModel, sample_copy_batch
-from miniattn.optim import SGD
+from miniattn._validate import integer
+from miniattn.models.free_copy import FreeAttentionCopyModel
 
 __all__ = [
-    "OrderParameters", "ReducedTrajectory", "EscapeFit", "SimulationTrajectory",
+    "OrderParameters", "ReducedTrajectory", "EscapeFit",
     "project", "attention_diagonal", "reduced_loss", "reduced_gradient", "prob_correct", "reduced_rhs",
-    "integrate_reduced", "time_to_learn", "crossing_time", "predicted_time_to_learn_vs_vocab",
-    "escape_time_vs_init_scale", "saddle_growth_rate", "symmetric_params", "symmetric_factorised_params",
-    "enumerate_copy_batch", "simulate_sgd", "compare_with_simulation",
+    "integrate_reduced", "time_to_learn", "predicted_time_to_learn_vs_vocab",
+    "escape_time_vs_init_scale", "saddle_growth_rate",
 ]
 
 DEFAULT_RTOL = 1e-10
 DEFAULT_ATOL = 1e-12
 
 
-# --------------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------------
-
 def _sizes(L, V) -> tuple[int, int]:
-    """Check 2 ≤ L ≤ V (α_o needs L ≥ 2; L distinct tokens need V ≥ L)."""
-    for name, value in (("L", L), ("V", V)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-    L, V = int(L), int(V)
-    if L < 2:
-        raise ValueError(f"L must be >= 2 (the reduced model needs an off-diagonal position), got {L}")
+    """Check 2 ≤ L ≤ V (α_o needs L ≥ 2 — an off-diagonal position; L distinct tokens need V ≥ L)."""
+    L, V = integer("L", L, 2), integer("V", V)
     if V < L:
         raise ValueError(f"V must be >= L = {L} (L distinct tokens), got {V}")
     return L, V
@@ -443,41 +427,6 @@ def time_to_learn(L: int, V: int, initial=None, *, threshold: float = 0.5, quant
     return float(hits[0]) if hits.size else float("inf")
 
 
-def crossing_time(t, values, threshold: float, *, direction: str = "up") -> float:
-    """First time a sampled curve crosses ``threshold``, linearly interpolated between samples.
-
-    For simulation curves (e.g. the measured mean probability of the gold token).
-
-    Parameters
-    ----------
-    t, values : arrays (n,)
-    threshold : float
-    direction : {"up", "down"}
-        ``"up"``: first reach ``values >= threshold``; ``"down"``: ``values <= threshold``.
-
-    Returns
-    -------
-    float
-        ``inf`` if the curve never crosses.
-    """
-    t = np.asarray(t, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    if t.shape != v.shape or t.ndim != 1 or t.size == 0:
-        raise ValueError(f"t and values must be 1-d arrays of one shape, got {t.shape} and {v.shape}")
-    if direction not in ("up", "down"):
-        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-    sign = 1.0 if direction == "up" else -1.0
-    above = sign * (v - threshold) >= 0
-    hit = np.flatnonzero(above)
-    if hit.size == 0:
-        return float("inf")
-    i = int(hit[0])
-    if i == 0:
-        return float(t[0])
-    frac = (threshold - v[i - 1]) / (v[i] - v[i - 1])
-    return float(t[i - 1] + frac * (t[i] - t[i - 1]))
-
-
 def predicted_time_to_learn_vs_vocab(L: int, Vs, *, initial=None, threshold: float = 0.5,
                                      factorised: bool = False, t_max: float = 1e9) -> np.ndarray:
     """Reduced-ODE time to learn (mean gold probability reaching ``threshold``) for each V in ``Vs``.
@@ -547,150 +496,3 @@ def escape_time_vs_init_scale(L: int, scales, *, V: int | None = None, threshold
     # Factorised: dδ/dτ ≈ q̃ u/L² with q̃ ≈ 2 V s², so the saddle rate is √q̃/L² ∝ s and the escape
     # time grows like 1/s, not log(1/s): no log-slope to predict.
     return EscapeFit(scales, times, float(slope), float(intercept), float("nan") if factorised else float(L ** 2))
-
-
-# --------------------------------------------------------------------------------------------------
-# Symmetric points and exact enumeration (for verifying the derivation)
-# --------------------------------------------------------------------------------------------------
-
-def symmetric_params(L: int, V: int, m_diag: float, m_off: float, a_diag: float, a_off: float,
-                     bias: float = 0.0) -> dict[str, np.ndarray]:
-    """Params of a plain free copy model at an invariant point: ``M = m_d I + m_o (J − I)``, etc."""
-    L, V = _sizes(L, V)
-    M = np.full((V, V), float(m_off))
-    np.fill_diagonal(M, float(m_diag))
-    A = np.full((L, L), float(a_off))
-    np.fill_diagonal(A, float(a_diag))
-    return {"A": A, "M": M, "b": np.full(V, float(bias))}
-
-
-def symmetric_factorised_params(L: int, V: int, wo: tuple[float, float], e: tuple[float, float],
-                                a_diag: float, a_off: float) -> dict[str, np.ndarray]:
-    """Params of a factorised model (d = V) at an invariant point: ``Wₒ = wo[0] I + wo[1](J − I)``, same for E."""
-    L, V = _sizes(L, V)
-    base = symmetric_params(L, V, wo[0], wo[1], a_diag, a_off)
-    E = np.full((V, V), float(e[1]))
-    np.fill_diagonal(E, float(e[0]))
-    return {"A": base["A"], "Wo": base["M"], "E": E, "b": base["b"]}
-
-
-def enumerate_copy_batch(L: int, V: int, max_examples: int = 200_000) -> Seq2SeqBatch:
-    """Every copy input once: all V!/(V−L)! ordered L-subsets of the vocabulary.
-
-    The batch-mean loss and gradients of a model on this batch are the *exact* expectations over
-    the copy distribution (permutations when V = L, subsets when V > L).
-    """
-    L, V = int(L), int(V)
-    if not 1 <= L <= V:
-        raise ValueError(f"need 1 <= L <= V, got L={L}, V={V}")
-    n = perm(V, L)
-    if n > max_examples:
-        raise ValueError(f"V!/(V−L)! = {n} inputs exceed max_examples={max_examples}")
-    tokens = np.array(list(itertools.permutations(range(V), L)), dtype=np.int64).reshape(n, L)
-    mask = np.ones((n, L), dtype=bool)
-    alignment = np.broadcast_to(np.arange(L, dtype=np.int64), (n, L)).copy()
-    return Seq2SeqBatch(tokens, mask, tokens.copy(), tokens.copy(), mask.copy(), alignment)
-
-
-# --------------------------------------------------------------------------------------------------
-# Simulation and comparison
-# --------------------------------------------------------------------------------------------------
-
-class SimulationTrajectory(NamedTuple):
-    """A simulated SGD run of the free copy model, recorded at ``t = k·lr``."""
-
-    t: np.ndarray
-    step: np.ndarray
-    delta: np.ndarray              #: projected KTIW margin
-    alpha_d: np.ndarray            #: mean over t of the actual α_{t,t}
-    alpha_d_projected: np.ndarray  #: α_d of the projected logits
-    loss: np.ndarray               #: loss on the evaluation batch
-    prob_correct: np.ndarray       #: mean probability of the gold token on the evaluation batch
-    token_accuracy: np.ndarray     #: argmax = gold, on the evaluation batch
-    attention_accuracy: np.ndarray  #: argmax_s α_{t,s} = t
-    initial: OrderParameters       #: projection of the initial parameters (the ODE's start)
-
-
-def simulate_sgd(L: int, V: int, *, lr: float, steps: int, batch_size: int = 128, init_scale: float = 0.1,
-                 seed: int = 0, factorised: bool = False, dim: int | None = None, uniform: bool = False,
-                 eval_every: int = 10, eval_size: int = 512, exact: bool = False,
-                 params: dict | None = None) -> SimulationTrajectory:
-    """Train a :class:`FreeAttentionCopyModel` with plain SGD and record the order parameters.
-
-    Parameters
-    ----------
-    L, V : int
-    lr : float
-    steps : int
-    batch_size : int
-        Fresh samples per step (ignored with ``exact``).
-    init_scale : float
-    seed : int
-        Seeds a ``numpy.random.SeedSequence``, spawned into init, data and evaluation streams.
-    factorised, dim, uniform :
-        Passed to the model.
-    eval_every : int
-        Record every this many steps (step 0 and the last step always).
-    eval_size : int
-        Size of the fixed evaluation batch (ignored with ``exact``).
-    exact : bool
-        Full-batch gradient descent on :func:`enumerate_copy_batch` (exact expected gradient, small
-        L and V only); evaluation also on all inputs.
-    params : dict, optional
-        Initial parameters that replace the random initialisation (copied; e.g. a point of
-        :func:`symmetric_params` plus a small perturbation).
-
-    Returns
-    -------
-    SimulationTrajectory
-    """
-    L, V = _sizes(L, V)
-    init_ss, data_ss, eval_ss = np.random.SeedSequence(seed).spawn(3)
-    model = FreeAttentionCopyModel(L, V, factorised=factorised, dim=dim, uniform=uniform, init_scale=init_scale,
-                                   rng=np.random.default_rng(init_ss))
-    if params is not None:
-        if set(params) != set(model.params):
-            raise ValueError(f"params must have the keys {sorted(model.params)}, got {sorted(params)}")
-        for k, v in params.items():
-            if np.shape(v) != model.params[k].shape:
-                raise ValueError(f"params[{k!r}] must have shape {model.params[k].shape}, got {np.shape(v)}")
-            model.params[k][...] = v
-    initial = project(model)
-    data_rng = np.random.default_rng(data_ss)
-    eval_batch = enumerate_copy_batch(L, V) if exact else sample_copy_batch(np.random.default_rng(eval_ss),
-                                                                            eval_size, L, V)
-    opt = SGD(model.params, lr=lr)
-    rows = []
-    target = np.arange(L)
-    # The loop runs over training steps (time), not inside a forward pass.
-    for k in range(int(steps) + 1):
-        if k % eval_every == 0 or k == steps:
-            out = model.forward(eval_batch)
-            gold = np.take_along_axis(out.log_probs, eval_batch.target_out[..., None], axis=-1)[..., 0]
-            order = project(model)
-            rows.append((k * lr, k, order.delta, order.alpha_d, order.alpha_d_projected, -gold.mean(),
-                         np.exp(gold).mean(), (out.log_probs.argmax(-1) == eval_batch.target_out).mean(),
-                         (out.attention[0].argmax(-1) == target).mean()))
-        if k == steps:
-            break
-        batch = eval_batch if exact else sample_copy_batch(data_rng, batch_size, L, V)
-        loss, grads = model.loss_and_grads(batch)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {k}; lower lr (= {lr})")
-        opt.step(grads)
-    cols = np.array(rows, dtype=np.float64).T
-    return SimulationTrajectory(cols[0], cols[1].astype(int), *cols[2:], initial=initial)
-
-
-def compare_with_simulation(L: int, V: int, **kwargs) -> tuple[SimulationTrajectory, ReducedTrajectory]:
-    """Simulate SGD (:func:`simulate_sgd`, same keyword arguments) and integrate the reduced ODE from
-    the projection of the simulation's own initial parameters, on the same clock ``t = k·lr``.
-
-    Returns
-    -------
-    simulation, ode : SimulationTrajectory, ReducedTrajectory
-    """
-    sim = simulate_sgd(L, V, **kwargs)
-    ode = integrate_reduced(L, V, sim.initial, sim.t, factorised=bool(kwargs.get("factorised", False)),
-                            uniform=bool(kwargs.get("uniform", False)))
-    return sim, ode

@@ -1,4 +1,4 @@
-"""The cost of the analytic prediction of a learning curve against simulating that curve (SPEC §10).
+"""The cost of the analytic prediction of a learning curve against simulating that curve.
 
 The prediction is the reduced gradient-flow ODE of the free-parameter copy model
 (:func:`analysis.reduced.integrate_reduced`: four order parameters, ``solve_ivp`` DOP853 at
@@ -7,9 +7,10 @@ the simulation's clock ``τ = k·lr``. The simulation is SGD on the full
 :class:`miniattn.models.free_copy.FreeAttentionCopyModel` (A (L, L), M (V, V), b) on fresh copy
 batches for the same number of steps. Two simulation costs are timed:
 
-* ``train`` — the bare training loop (sample a batch, ``loss_and_grads``, SGD step), the least any
-  simulation of the curve must spend: the conservative denominator;
-* ``curve`` — :func:`analysis.reduced.simulate_sgd`, which also evaluates the loss and the order
+* ``train`` — :func:`miniattn.train.train` with no evaluation but the first and the last (sample a
+  batch, ``loss_and_grads``, SGD step), the least any simulation of the curve must spend: the
+  conservative denominator;
+* ``curve`` — :func:`analysis.simulation.simulate_copy`, which also evaluates the loss and the order
   parameters on a held-out batch every ``eval_every`` steps (what a learning curve needs).
 
 Target: prediction / simulation < 1%. The default setting is the scientific check of
@@ -23,16 +24,17 @@ from typing import NamedTuple
 import numpy as np
 
 from benchmarks import Summary, summarize, time_interleaved
-from miniattn.models.free_copy import FreeAttentionCopyModel, sample_copy_batch
 from miniattn.optim import SGD
+from miniattn.train import train as train_loop
 
 __all__ = ["reduced_available", "PredictionCost", "measure", "run", "format_table"]
 
 
 def reduced_available() -> bool:
-    """True when :mod:`analysis.reduced` (the reduced ODE) can be imported."""
+    """True when :mod:`analysis.reduced` (the reduced ODE) and :mod:`analysis.simulation` can be imported."""
     try:
         import analysis.reduced  # noqa: F401
+        import analysis.simulation  # noqa: F401
     except ImportError:
         return False
     return True
@@ -44,7 +46,7 @@ class PredictionCost(NamedTuple):
     config: dict
     prediction: Summary          #: project + integrate_reduced at the recorded times
     train: Summary               #: bare SGD loop, same number of steps
-    curve: Summary               #: simulate_sgd (training + evaluation every eval_every steps)
+    curve: Summary               #: simulate_copy (training + evaluation every eval_every steps)
     ratio_train: float           #: median prediction / median train
     ratio_curve: float           #: median prediction / median curve
     crossing_sim: float          #: τ at which the simulated mean gold probability first reaches 0.5
@@ -62,7 +64,7 @@ def measure(length: int = 40, vocab: int = 60, *, lr: float = 5.0, steps: int = 
     length, vocab : int
         L and V of the copy-subset task (2 ≤ L ≤ V).
     lr, steps, batch_size, init_scale, seed, eval_every, eval_size :
-        As in :func:`analysis.reduced.simulate_sgd`.
+        As in :func:`analysis.simulation.simulate_copy`.
     reps : int
         Repetitions of each simulation (they are long, so a few suffice).
     prediction_reps : int
@@ -73,7 +75,8 @@ def measure(length: int = 40, vocab: int = 60, *, lr: float = 5.0, steps: int = 
     ImportError
         When :mod:`analysis.reduced` is not available.
     """
-    from analysis.reduced import crossing_time, integrate_reduced, project, simulate_sgd
+    from analysis.reduced import integrate_reduced, project
+    from analysis.simulation import build_copy_model, crossing_time, seed_streams, simulate_copy
 
     for name, value in (("steps", steps), ("reps", reps), ("prediction_reps", prediction_reps),
                         ("eval_every", eval_every)):
@@ -85,28 +88,24 @@ def measure(length: int = 40, vocab: int = 60, *, lr: float = 5.0, steps: int = 
                       eval_every=eval_every, eval_size=eval_size)
 
     # The reference curve (also gives the recorded clock and the start the ODE is integrated from).
-    sim = simulate_sgd(length, vocab, **sim_kwargs)
+    sim = simulate_copy(length, vocab, **sim_kwargs)
     t_eval = sim.t
 
     def predict():
-        # From the simulation's own initial parameters: rebuild them (same seed stream as simulate_sgd)
+        # From the simulation's own initial parameters: rebuild them (same seed stream as simulate_copy)
         # and project, so the prediction's cost includes reading the start off the full model.
-        init_ss = np.random.SeedSequence(seed).spawn(3)[0]
-        model = FreeAttentionCopyModel(length, vocab, init_scale=init_scale, rng=np.random.default_rng(init_ss))
+        model, _ = build_copy_model(length, vocab, init_scale=init_scale, seed=seed)
         return integrate_reduced(length, vocab, project(model), t_eval)
 
     def train():
-        init_ss, data_ss, _ = np.random.SeedSequence(seed).spawn(3)
-        model = FreeAttentionCopyModel(length, vocab, init_scale=init_scale, rng=np.random.default_rng(init_ss))
-        data_rng = np.random.default_rng(data_ss)
-        opt = SGD(model.params, lr=lr)
-        for _ in range(steps):   # the loop runs over training steps (time), not inside a pass
-            _, grads = model.loss_and_grads(sample_copy_batch(data_rng, batch_size, length, vocab))
-            opt.step(grads)
+        # The same model, task and batches as the curve, evaluated only at the first and last step.
+        model, task = build_copy_model(length, vocab, init_scale=init_scale, seed=seed)
+        train_loop(model, task, SGD(model.params, lr=lr), steps=steps, batch_size=batch_size,
+                   seed=seed_streams(seed)[1], eval_every=steps, eval_size=eval_size, progress=False)
 
     ode = predict()
     t_pred = time_interleaved({"prediction": predict}, reps=prediction_reps, warmup=1)["prediction"]
-    t_sim = time_interleaved({"train": train, "curve": lambda: simulate_sgd(length, vocab, **sim_kwargs)},
+    t_sim = time_interleaved({"train": train, "curve": lambda: simulate_copy(length, vocab, **sim_kwargs)},
                              reps=reps, warmup=0)
     pred, tr, cu = summarize(t_pred), summarize(t_sim["train"]), summarize(t_sim["curve"])
     return PredictionCost(config, pred, tr, cu, pred.median / tr.median, pred.median / cu.median,

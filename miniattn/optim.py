@@ -10,7 +10,26 @@ from typing import Mapping
 
 import numpy as np
 
+from miniattn._validate import real
+
 __all__ = ["SGD", "Adam", "make_optimizer"]
+
+
+def _check_params(params) -> dict[str, np.ndarray]:
+    """``params`` must be a dict of writable floating-point NumPy arrays (updated in place)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> float array, got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(k, str):
+            raise TypeError(f"params keys must be strings (they name the optimiser state), got {k!r}")
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"params[{k!r}] must be a numpy array (it is updated in place), "
+                            f"got {type(v).__name__}")
+        if v.dtype.kind != "f":
+            raise TypeError(f"params[{k!r}] must be a floating-point array, got dtype {v.dtype}")
+        if not v.flags.writeable:
+            raise ValueError(f"params[{k!r}] is read-only; the optimiser updates parameters in place")
+    return params
 
 
 def _check_grads(params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
@@ -26,21 +45,63 @@ def _check_grads(params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarra
             raise ValueError(f"grads[{k!r}] contains NaN or inf")
 
 
-def _restore(target: np.ndarray, state: Mapping[str, np.ndarray], key: str) -> None:
-    """Copy ``state[key]`` into ``target`` in place, with a clear error for a missing or misshapen entry."""
-    if key not in state:
-        raise ValueError(f"state is missing the entry {key!r} (was it saved by this optimiser?)")
-    value = np.asarray(state[key])
-    if value.shape != target.shape:
-        raise ValueError(f"state[{key!r}] has shape {value.shape}, expected {target.shape}")
-    target[...] = value
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+def _positive(name: str, value) -> float:
+    """A finite real > 0. :func:`miniattn._validate.real` decides what is a number (TypeError
+    otherwise, bool and str included); the ValueErrors keep the wording "NAME must be positive"."""
+    try:
+        value = real(name, value)
+    except ValueError:
+        raise ValueError(f"{name} must be positive and finite, got {value}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+def _decay(name: str, value) -> float:
+    """A finite real in [0, 1) (a momentum), checked like :func:`_positive`."""
+    try:
+        value = real(name, value)
+    except ValueError:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative (it must lie in [0, 1)), got {value}")
+    if value >= 1:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def _check_state(state, expected: Mapping[str, np.ndarray], nonnegative: tuple[str, ...] = ()) -> int:
+    """Validate a whole optimiser state before any of it is loaded; return the step counter ``t``.
+
+    ``expected`` maps every key but ``"t"`` to the array it will be copied into: each entry must have
+    its shape and dtype and be finite; keys starting with a prefix in ``nonnegative`` (second
+    moments, which are means of squares) must also be >= 0. Every error names the key.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of name -> array, got {type(state).__name__}")
+    if "t" not in state:
+        raise ValueError("state is missing the step counter 't'")
+    unexpected = sorted(set(state) - set(expected) - {"t"})
+    if unexpected:
+        raise ValueError(f"state has unexpected entries {unexpected} (was it saved by this optimiser?)")
+    t = np.asarray(state["t"])
+    if t.shape != () or t.dtype.kind not in "iu":
+        raise TypeError(f"state['t'] must be an integer step counter, got {t.dtype} array of shape {t.shape}")
+    if int(t) < 0:
+        raise ValueError(f"state['t'] must be >= 0, got {int(t)}")
+    for key, target in expected.items():
+        if key not in state:
+            raise ValueError(f"state is missing the entry {key!r} (was it saved by this optimiser?)")
+        value = np.asarray(state[key])
+        if value.dtype != target.dtype:
+            raise TypeError(f"state[{key!r}] has dtype {value.dtype}, expected {target.dtype}")
+        if value.shape != target.shape:
+            raise ValueError(f"state[{key!r}] has shape {value.shape}, expected {target.shape}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"state[{key!r}] contains NaN or inf")
+        if key.startswith(nonnegative) and np.any(value < 0):
+            raise ValueError(f"state[{key!r}] has negative entries; a second moment is a mean of squares")
+    return int(t)
 
 
 class SGD:
@@ -50,18 +111,16 @@ class SGD:
 
     Parameters
     ----------
-    params : dict of name -> float array
+    params : dict of name -> writable float array
         Updated in place by :meth:`step`.
-    lr : float
+    lr : float > 0
     momentum : float in [0, 1)
     """
 
     def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-2, momentum: float = 0.0):
-        self.params = params
+        self.params = _check_params(params)
         self.lr = _positive("lr", lr)
-        self.momentum = _positive("momentum", momentum, allow_zero=True)
-        if self.momentum >= 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        self.momentum = _decay("momentum", momentum)
         self.t = 0
         self.velocity = {k: np.zeros_like(v) for k, v in params.items()} if self.momentum else {}
 
@@ -84,11 +143,17 @@ class SGD:
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        if "t" not in state:
-            raise ValueError("state is missing the step counter 't'")
-        for k in self.velocity:
-            _restore(self.velocity[k], state, f"velocity/{k}")
-        self.t = int(state["t"])
+        """Restore a :meth:`state_dict`; the whole state is checked first, so a bad one changes nothing."""
+        targets = {f"velocity/{k}": v for k, v in self.velocity.items()}
+        t = _check_state(state, targets)
+        for key, target in targets.items():
+            target[...] = state[key]
+        self.t = t
+
+
+def _moment_bound(dtype: np.dtype) -> float:
+    """``L² = max/4`` of ``dtype``: Adam's fast path needs ``g² <= L²`` and ``v <= (1 − β2ᵗ) L²``."""
+    return float(np.finfo(dtype).max) / 4.0
 
 
 class Adam:
@@ -97,26 +162,37 @@ class Adam:
     ``m ← β1 m + (1 − β1) g``;  ``v ← β2 v + (1 − β2) g²``;
     ``m̂ = m / (1 − β1ᵗ)``;  ``v̂ = v / (1 − β2ᵗ)``;  ``θ ← θ − lr · m̂ / (√v̂ + ε)``.
 
+    Huge but finite gradients (``|g| > √max / 2`` of the parameter dtype, e.g. float32 gradients of
+    1e20) do not overflow ``g²`` to inf — an inf second moment would make every later step
+    ``m̂ / inf = 0`` and freeze the parameter for good. See :meth:`_large_step`.
+
     Parameters
     ----------
-    params : dict of name -> float array
+    params : dict of name -> writable float array
         Updated in place by :meth:`step`.
-    lr : float, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
+    lr : float > 0, default 1e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float > 0, default 1e-8
     """
 
     def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = params
+        self.params = _check_params(params)
         self.lr = _positive("lr", lr)
-        b1, b2 = (float(b) for b in betas)
+        if not isinstance(betas, (tuple, list, np.ndarray)):
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {type(betas).__name__} {betas!r}")
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {len(betas)} values")
+        b1, b2 = (real(f"betas[{i}]", b) for i, b in enumerate(betas))
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)}")
+            raise ValueError(f"betas must lie in [0, 1), got {(b1, b2)}")
         self.betas = (b1, b2)
         self.eps = _positive("eps", eps)
         self.t = 0
         self.m = {k: np.zeros_like(v) for k, v in params.items()}
         self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        # Per parameter: may v exceed (1 − β2ᵗ) L², so that the fast path's v / (1 − β2ᵗ) could
+        # overflow? A function of (v, t) alone — recomputed by load_state_dict, not saved.
+        self._large = {k: False for k in params}
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         _check_grads(self.params, grads)
@@ -125,13 +201,50 @@ class Adam:
         correction1 = 1.0 - b1 ** self.t
         correction2 = 1.0 - b2 ** self.t
         for k, p in self.params.items():
-            g = grads[k]
+            g = np.asarray(grads[k])
             m, v = self.m[k], self.v[k]
             m *= b1
-            m += (1.0 - b1) * g
+            m += (1.0 - b1) * g            # |m| <= max |g| seen: cannot overflow
+            limit = np.sqrt(_moment_bound(v.dtype))                    # L
+            if self._large[k] or (g.size and max(float(np.max(g)), -float(np.min(g))) > limit):
+                self._large[k] = self._large_step(p, m, v, g, correction1, correction2)
+                continue
+            # Fast path. Invariant: g² <= L² at every step keeps v <= (1 − β2ᵗ) L², so neither g² nor
+            # v / (1 − β2ᵗ) <= L² can overflow.
             v *= b2
             v += (1.0 - b2) * (g * g)
             p -= self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps)
+
+    def _large_step(self, p, m, v, g, correction1: float, correction2: float) -> bool:
+        """The Adam step of one parameter when ``g²`` or ``v̂`` could overflow its dtype.
+
+        ``r = √(β2 v + (1 − β2) g²)`` is formed as ``hypot(√β2 √v, √(1 − β2) g)`` in float64: hypot
+        never squares its arguments (float64 parameters), and float64 holds every float32 square.
+        The step is written ``(m/c1) √c2 / (r + ε √c2)`` (= ``m̂ / (√v̂ + ε)``), so ``v / c2`` is
+        never formed either: this step is the exact Adam step.
+
+        Where the new second moment ``r²`` exceeds ``L² = max/4`` of the dtype it cannot be stored,
+        and both moments of that entry are rescaled by ``λ = L / r`` (``m ← λ m``, ``v ← λ² v = L²``),
+        which keeps the ratio ``m / √v`` that Adam's step is made of. From then on the remembered past
+        weighs λ times less against new gradients than in exact Adam, so later steps are not exact
+        (in a test with a constant gradient of 1e20 in float32, or 1e200 in float64, they were within
+        a factor 2.5 of exact Adam's ``lr``) but stay finite and move the parameter. The alternatives
+        are worse: clipping ``v`` alone leaves ``m / √v`` huge (steps of ``lr · |g| / L``), and an inf
+        ``v`` makes every later step ``m̂ / inf = 0``, freezing the parameter for good; an exact scaled
+        form would need a per-parameter exponent in the saved state. Returns whether ``v`` is still
+        above the fast path's bound.
+        """
+        b2 = self.betas[1]
+        m64 = m.astype(np.float64)
+        r = np.hypot(np.sqrt(b2 * v.astype(np.float64)), np.sqrt(1.0 - b2) * g.astype(np.float64))
+        sqrt_c2 = np.sqrt(correction2)
+        p -= self.lr * (m64 / correction1) * sqrt_c2 / (r + self.eps * sqrt_c2)
+        limit = np.sqrt(_moment_bound(v.dtype))                                     # L
+        scale = np.divide(limit, r, out=np.ones_like(r), where=r > limit)           # λ <= 1
+        r *= scale
+        m[...] = m64 * scale
+        v[...] = r * r                                                               # <= L²
+        return not bool(np.all(v <= correction2 * _moment_bound(v.dtype)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         # Copies: a state kept in memory (the last finite checkpoint) must not follow later steps.
@@ -141,17 +254,22 @@ class Adam:
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        if "t" not in state:
-            raise ValueError("state is missing the step counter 't'")
-        for k in self.m:
-            _restore(self.m[k], state, f"m/{k}")
-            _restore(self.v[k], state, f"v/{k}")
-        self.t = int(state["t"])
+        """Restore a :meth:`state_dict`; the whole state is checked first, so a bad one changes nothing."""
+        targets = {f"m/{k}": a for k, a in self.m.items()}
+        targets.update({f"v/{k}": a for k, a in self.v.items()})
+        t = _check_state(state, targets, nonnegative=("v/",))
+        for key, target in targets.items():
+            target[...] = state[key]
+        self.t = t
+        correction2 = 1.0 - self.betas[1] ** t
+        self._large = {k: not bool(np.all(a <= correction2 * _moment_bound(a.dtype))) for k, a in self.v.items()}
 
 
 def make_optimizer(name: str, params: dict[str, np.ndarray], **kwargs):
     """Build an optimiser by name: ``"sgd"`` or ``"adam"``."""
     table = {"sgd": SGD, "adam": Adam}
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer must be one of {sorted(table)}, got {type(name).__name__} {name!r}")
     if name.lower() not in table:
         raise ValueError(f"optimizer must be one of {sorted(table)}, got {name!r}")
     return table[name.lower()](params, **kwargs)

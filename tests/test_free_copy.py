@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from miniattn.batch import Seq2SeqBatch
 from miniattn.gradcheck import check_model
 from miniattn.layers import log_softmax
-from miniattn.models.free_copy import FreeAttentionCopyModel, sample_copy_batch
+from miniattn.models.free_copy import FreeAttentionCopyModel
+from miniattn.tasks import CopyTask
+
+
+def copy_batch(rng, batch_size, length, vocab):
+    """Copy inputs of the free model: ``CopyTask(specials=False)``, permutations when V = L."""
+    return CopyTask(length, vocab, "permutation" if vocab == length else "subset", specials=False).sample(rng, batch_size)
 
 
 def assert_gradients_ok(report):
@@ -30,7 +36,7 @@ def model_and_batch(draw, masks=True):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     model = FreeAttentionCopyModel(L, V, factorised=factorised, dim=dim, uniform=uniform, init_scale=scale, rng=rng)
     model.params["b"][:] = rng.normal(size=V)           # a nonzero bias exercises its gradient too
-    batch = sample_copy_batch(rng, B, L, V)
+    batch = copy_batch(rng, B, L, V)
     if masks and draw(st.booleans()):
         source_mask = rng.random((B, L)) < 0.7
         source_mask[np.arange(B), rng.integers(0, L, B)] = True
@@ -155,7 +161,7 @@ def test_saliency_matches_finite_differences(seed, L, extra, factorised):
     V = L + extra
     model = FreeAttentionCopyModel(L, V, factorised=factorised, init_scale=1.0, rng=rng)
     model.params["b"][:] = rng.normal(size=V)
-    batch = sample_copy_batch(rng, 1, L, V)
+    batch = copy_batch(rng, 1, L, V)
     delta = model.saliency(batch)
     h = 1e-6
     key = "E" if factorised else "M"
@@ -178,7 +184,7 @@ def test_saliency_matches_finite_differences(seed, L, extra, factorised):
 def test_stable_at_extreme_logits():
     rng = np.random.default_rng(0)
     model = FreeAttentionCopyModel(3, 4, init_scale=1e4, rng=rng)
-    batch = sample_copy_batch(rng, 5, 3, 4)
+    batch = copy_batch(rng, 5, 3, 4)
     loss, grads = model.loss_and_grads(batch)
     assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
 
@@ -191,7 +197,7 @@ def test_zero_init_is_a_fixed_point_for_permutations_only(seed, L, extra):
     rng = np.random.default_rng(seed)
     V = L + extra
     model = FreeAttentionCopyModel(L, V, init_scale=0.0, rng=rng)
-    _, grads = model.loss_and_grads(sample_copy_batch(rng, 8, L, V))
+    _, grads = model.loss_and_grads(copy_batch(rng, 8, L, V))
     np.testing.assert_allclose(grads["A"], 0.0, atol=1e-15)   # M = 0: attention gets no signal
     if extra == 0:
         for g in grads.values():
@@ -230,7 +236,7 @@ def test_validation():
     with pytest.raises(ValueError, match="dim"):
         FreeAttentionCopyModel(3, 3, dim=2, rng=rng)
     model = FreeAttentionCopyModel(3, 4, rng=rng)
-    good = sample_copy_batch(rng, 2, 3, 4)
+    good = copy_batch(rng, 2, 3, 4)
     with pytest.raises(ValueError, match="batch.source"):
         model.loss_and_grads(good._replace(source=good.source[:, :2]))
     with pytest.raises(ValueError, match=r"batch.source .*\[0, 4\)"):
@@ -247,34 +253,32 @@ def test_validation():
         model.loss_and_grads(tuple(good))
 
 
+# The structure of CopyTask(specials=False) batches (shapes, dtypes, distinct tokens, permutations
+# when V = L, target = source, identity alignment) and its argument checks are tested in
+# tests/test_tasks.py; what it does not cover is kept here.
+
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), L=st.integers(1, 6), extra=st.integers(0, 4))
-def test_sample_copy_batch(seed, B, L, extra):
+def test_copy_task_without_specials_is_reproducible(seed, B, L, extra):
     V = L + extra
-    batch = sample_copy_batch(np.random.default_rng(seed), B, L, V)
-    assert batch.source.shape == (B, L) and batch.source.dtype == np.int64
-    assert np.all((batch.source >= 0) & (batch.source < V))
-    assert all(len(set(row)) == L for row in batch.source.tolist())      # distinct tokens
-    if extra == 0:
-        np.testing.assert_array_equal(np.sort(batch.source, axis=1), np.broadcast_to(np.arange(V), (B, V)))
-    np.testing.assert_array_equal(batch.target_out, batch.source)
-    np.testing.assert_array_equal(batch.alignment, np.broadcast_to(np.arange(L), (B, L)))
-    again = sample_copy_batch(np.random.default_rng(seed), B, L, V)
+    batch = copy_batch(np.random.default_rng(seed), B, L, V)
+    again = copy_batch(np.random.default_rng(seed), B, L, V)
     np.testing.assert_array_equal(again.source, batch.source)
+    np.testing.assert_array_equal(batch.target_out, batch.source)
 
 
-def test_sample_copy_batch_is_uniform_over_positions():
+def test_copy_task_without_specials_is_uniform_over_positions():
     # Each token is equally likely at each position: counts over many rows are flat (4σ band).
-    batch = sample_copy_batch(np.random.default_rng(3), 20000, 3, 5)
+    batch = copy_batch(np.random.default_rng(3), 20000, 3, 5)
     counts = np.stack([np.bincount(batch.source[:, t], minlength=5) for t in range(3)])
     expected = 20000 / 5
     assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected))
 
 
-def test_sample_copy_batch_validation():
+def test_boolean_flags_are_checked():
+    # bool("False") is True: a string must be refused, not read as a flag.
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="vocab"):
-        sample_copy_batch(rng, 2, 5, 4)
-    with pytest.raises(TypeError, match="rng"):
-        sample_copy_batch(None, 2, 3, 4)
-    with pytest.raises(ValueError, match="batch_size"):
-        sample_copy_batch(rng, 0, 3, 4)
+    for name in ("factorised", "uniform"):
+        with pytest.raises(TypeError, match=name):
+            FreeAttentionCopyModel(3, 3, rng=rng, **{name: "False"})
+    with pytest.raises(TypeError, match="length"):
+        FreeAttentionCopyModel(3.0, 3, rng=rng)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import scipy.special
 from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
 
 from miniattn.gradcheck import check_directional, check_vjp
 from miniattn.layers import (
@@ -97,6 +98,38 @@ def test_embedding_forward_is_row_lookup_and_backward_matches_one_hot(case):
     dout = rng.standard_normal(out.shape)
     np.testing.assert_allclose(embedding_backward(dout, cache), one_hot.T @ dout.reshape(-1, table.shape[1]),
                                rtol=1e-12, atol=1e-14)
+
+
+@st.composite
+def scatter_cases(draw):
+    """ids with repeats (few rows, many positions) and an upstream gradient whose entries span many
+    orders of magnitude and both signs (zeros of both signs included), so that any change in the
+    order or grouping of the additions would change the rounded sums."""
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    V = draw(dims(1, 6))
+    d = draw(dims(1, 4))
+    id_shape = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple))
+    ids = draw(id_arrays(id_shape, V))
+    width = 8 * np.dtype(dtype).itemsize
+    elements = st.one_of(st.floats(-2.0 ** 20, 2.0 ** 20, width=width),
+                         st.floats(-2.0 ** -20, 2.0 ** -20, width=width),
+                         st.sampled_from([0.0, -0.0, 1.0, 2.0 ** -27]))
+    dout = draw(hnp.arrays(dtype, ids.shape + (d,), elements=elements))
+    return ids, dout, V, d, dtype
+
+
+@given(scatter_cases())
+def test_embedding_backward_is_bit_identical_to_np_add_at(case):
+    """The scatter-add's comment in miniattn/layers.py claims the CSR product adds, for each table
+    row, the upstream rows in their original order, exactly like np.add.at: test it bit for bit."""
+    ids, dout, V, d, dtype = case
+    table = np.zeros((V, d), dtype=dtype)
+    got = embedding_backward(dout, embedding_forward(ids, table)[1])
+    expected = np.zeros((V, d), dtype=dtype)
+    np.add.at(expected, ids.reshape(-1), dout.reshape(-1, d))
+    assert got.dtype == expected.dtype == dtype
+    uint = np.uint64 if dtype == np.float64 else np.uint32
+    assert np.array_equal(got.view(uint), expected.view(uint)), (got, expected)   # bits, signed zeros too
 
 
 def test_embedding_backward_accumulates_repeated_ids_by_hand():

@@ -290,3 +290,147 @@ def test_load_state_dict_names_a_missing_or_misshapen_entry():
         Adam({"w": np.zeros((2, 3))}).load_state_dict(bad)
     with pytest.raises(ValueError, match="velocity/w"):
         SGD({"w": np.zeros(2)}, momentum=0.5).load_state_dict({"t": np.array(1)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Constructor arguments and loaded state are checked, naming what is wrong
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("params, error, match", [
+    ([np.zeros(2)], TypeError, r"params must be a dict"),
+    ({"w": [0.0, 1.0]}, TypeError, r"params\['w'\] must be a numpy array"),
+    ({"w": np.zeros(2, dtype=np.int64)}, TypeError, r"params\['w'\] must be a floating-point array, got dtype int64"),
+    ({"w": np.zeros(2, dtype=bool)}, TypeError, r"params\['w'\] must be a floating-point array"),
+    ({"w": np.broadcast_to(np.zeros(1), (3,))}, ValueError, r"params\['w'\] is read-only"),
+    ({1: np.zeros(2)}, TypeError, r"params keys must be strings"),
+])
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_bad_params_rejected(cls, params, error, match):
+    with pytest.raises(error, match=match):
+        cls(params)
+
+
+@pytest.mark.parametrize("factory, error, match", [
+    (lambda p: SGD(p, lr=float("inf")), ValueError, r"lr must be positive"),
+    (lambda p: SGD(p, lr="0.1"), TypeError, r"lr must be a real number"),
+    (lambda p: SGD(p, lr=True), TypeError, r"lr must be a real number"),
+    (lambda p: SGD(p, momentum=float("nan")), ValueError, r"momentum must lie in \[0, 1\)"),
+    (lambda p: SGD(p, momentum="0.9"), TypeError, r"momentum must be a real number"),
+    (lambda p: Adam(p, lr=-1e-3), ValueError, r"lr must be positive"),
+    (lambda p: Adam(p, lr=float("nan")), ValueError, r"lr must be positive"),
+    (lambda p: Adam(p, betas=0.9), TypeError, r"betas must be a pair"),
+    (lambda p: Adam(p, betas=(0.9, 0.99, 0.999)), ValueError, r"betas must be a pair"),
+    (lambda p: Adam(p, betas=("0.9", 0.999)), TypeError, r"betas\[0\] must be a real number"),
+    (lambda p: Adam(p, betas=(0.9, float("nan"))), ValueError, r"betas\[1\] must be finite"),
+    (lambda p: Adam(p, eps=-1e-8), ValueError, r"eps must be positive"),
+    (lambda p: Adam(p, eps=float("inf")), ValueError, r"eps must be positive"),
+    (lambda p: make_optimizer(None, p), TypeError, r"optimizer must be one of"),
+])
+def test_bad_hyperparameter_types_and_values(factory, error, match):
+    with pytest.raises(error, match=match):
+        factory(params_pair())
+
+
+def _trained(name, **kw):
+    opt = make_optimizer(name, {"w": np.zeros((2, 3))}, **kw)
+    for g in _grad_sequence(3, 2):
+        opt.step({"w": np.concatenate([g["W"], g["b"][:, None] * np.ones((2, 1))], axis=1)})
+    return opt
+
+
+@pytest.mark.parametrize("name, kw, key", [("adam", {}, "m/w"), ("adam", {}, "v/w"),
+                                           ("sgd", {"momentum": 0.5}, "velocity/w")])
+@pytest.mark.parametrize("corrupt, error, match", [
+    (lambda a: np.where(a == a.flat[0], np.nan, a), ValueError, "contains NaN or inf"),
+    (lambda a: np.full_like(a, np.inf), ValueError, "contains NaN or inf"),
+    (lambda a: a.astype(np.float32), TypeError, "has dtype float32, expected float64"),
+    (lambda a: a.astype(np.int64), TypeError, "has dtype int64, expected float64"),
+    (lambda a: a[:1], ValueError, "has shape"),
+])
+def test_load_state_dict_rejects_a_corrupt_entry_naming_it(name, kw, key, corrupt, error, match):
+    opt = _trained(name, **kw)
+    before = snapshot(opt.state_dict())
+    bad = opt.state_dict()
+    bad[key] = corrupt(bad[key])
+    with pytest.raises(error, match=match) as info:
+        opt.load_state_dict(bad)
+    assert key in str(info.value)
+    assert_unchanged(before, opt.state_dict(), "state after a refused load")   # checked before any copy
+
+
+def test_load_state_dict_rejects_negative_second_moments_and_bad_step_counters():
+    opt = _trained("adam")
+    before = snapshot(opt.state_dict())
+    bad = opt.state_dict()
+    bad["v/w"] = bad["v/w"].copy()
+    bad["v/w"][0, 0] = -1e-12
+    with pytest.raises(ValueError, match=r"v/w.*negative"):
+        opt.load_state_dict(bad)
+    for t, error, match in [(np.array(-1), ValueError, r"state\['t'\] must be >= 0, got -1"),
+                            (np.array(2.0), TypeError, r"state\['t'\] must be an integer"),
+                            (np.array(True), TypeError, r"state\['t'\] must be an integer"),
+                            (np.array([2]), TypeError, r"state\['t'\] must be an integer")]:
+        bad = opt.state_dict()
+        bad["t"] = t
+        with pytest.raises(error, match=match):
+            opt.load_state_dict(bad)
+    bad = opt.state_dict()
+    bad["m/other"] = np.zeros(1)
+    with pytest.raises(ValueError, match=r"unexpected entries \['m/other'\]"):
+        opt.load_state_dict(bad)
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        opt.load_state_dict([("t", 1)])
+    assert_unchanged(before, opt.state_dict(), "state after refused loads")
+    opt.load_state_dict({"t": 5, **{k: v for k, v in before.items() if k != "t"}})   # a plain int is fine
+    assert opt.t == 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Adam on huge but finite gradients: the second moment must not overflow and freeze the parameter
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e20), (np.float32, 3e38), (np.float64, 1e200),
+                                        (np.float64, 1e307)])
+def test_adam_huge_gradients_do_not_freeze_the_parameter(dtype, big):
+    lr = 0.1
+    p = {"w": np.array([1.0, -1.0, 0.5], dtype=dtype)}
+    opt = Adam(p, lr=lr)
+    g = np.array([big, -big, 1e-3], dtype=dtype)      # g² overflows the dtype in the first two entries
+    opt.step({"w": g})                                 # RuntimeWarnings are errors in this suite
+    # Step 1 is exact: m̂ = g, v̂ = g², so each entry moves by lr · g / (|g| + eps).
+    np.testing.assert_allclose(p["w"], np.array([1.0, -1.0, 0.5]) - lr * np.sign(g) * [1, 1, 1 - 1e-5], rtol=1e-6)
+    previous = p["w"].copy()
+    for _ in range(50):
+        opt.step({"w": g})
+        assert np.all(np.isfinite(opt.v["w"])) and np.all(np.isfinite(opt.m["w"]))
+        moved = previous - p["w"]
+        # Every entry keeps moving against its gradient, by a step of order lr (exact Adam: lr).
+        assert np.all(np.sign(moved) == np.sign(g)) and np.all(np.abs(moved) > 0.2 * lr), moved
+        assert np.all(np.abs(moved[:2]) < 3 * lr), moved
+        previous = p["w"].copy()
+    for _ in range(5):                                 # back to normal gradients: still finite and moving
+        opt.step({"w": np.ones(3, dtype=dtype)})
+        assert np.all(np.isfinite(p["w"])) and not np.array_equal(previous, p["w"])
+        previous = p["w"].copy()
+    assert p["w"].dtype == dtype and opt.v["w"].dtype == dtype
+
+
+def test_adam_resume_is_bit_identical_through_huge_gradients():
+    grads = [np.array([1e20, 1.0], np.float32), np.array([-3e38, 0.5], np.float32),
+             np.array([1.0, -1.0], np.float32), np.array([2.0, 1e19], np.float32)]
+    straight = {"w": np.array([0.5, -0.5], np.float32)}
+    opt = Adam(straight, lr=0.05)
+    for g in grads:
+        opt.step({"w": g})
+    for split in range(len(grads) + 1):
+        first = {"w": np.array([0.5, -0.5], np.float32)}
+        opt1 = Adam(first, lr=0.05)
+        for g in grads[:split]:
+            opt1.step({"w": g})
+        resumed = {"w": first["w"].copy()}
+        opt2 = Adam(resumed, lr=0.05)
+        opt2.load_state_dict(_to_npz_and_back(opt1.state_dict()))
+        for g in grads[split:]:
+            opt2.step({"w": g})
+        np.testing.assert_array_equal(resumed["w"], straight["w"])
+        assert_unchanged(snapshot(opt.state_dict()), opt2.state_dict(), "optimiser state")

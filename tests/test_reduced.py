@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analysis.reduced import (attention_diagonal, compare_with_simulation, crossing_time, enumerate_copy_batch,
-                              escape_time_vs_init_scale, integrate_reduced, predicted_time_to_learn_vs_vocab,
-                              prob_correct, project, reduced_gradient, reduced_loss, reduced_rhs,
-                              saddle_growth_rate, simulate_sgd, symmetric_factorised_params, symmetric_params,
-                              time_to_learn, _diag_off)
+from analysis.reduced import (attention_diagonal, escape_time_vs_init_scale, integrate_reduced,
+                              predicted_time_to_learn_vs_vocab, prob_correct, project, reduced_gradient, reduced_loss,
+                              reduced_rhs, saddle_growth_rate, time_to_learn, _diag_off)
+from analysis.simulation import (compare_with_simulation, crossing_time, enumerate_copy_batch, simulate_copy,
+                                 symmetric_factorised_params, symmetric_params)
 from miniattn.gradcheck import check_model
 from miniattn.models.free_copy import FreeAttentionCopyModel
 
@@ -286,7 +286,8 @@ def test_ode_matches_full_batch_gradient_descent(factorised):
     errors = []
     for lr in (0.4, 0.2):
         sim, ode = compare_with_simulation(L, V, lr=lr, steps=int(round(160 / lr)), exact=True, params=params,
-                                           factorised=factorised, eval_every=int(round(20 / lr)))
+                                           model="factorised" if factorised else "free",
+                                           eval_every=int(round(20 / lr)))
         np.testing.assert_allclose(sim.t, ode.t)
         assert sim.prob_correct[-1] > 0.8                  # the run does learn in this window
         err = max(np.abs(sim.delta - ode.delta).max(), np.abs(sim.alpha_d - ode.alpha_d).max(),
@@ -297,8 +298,8 @@ def test_ode_matches_full_batch_gradient_descent(factorised):
 
 
 def test_simulation_is_seeded():
-    a = simulate_sgd(3, 4, lr=1.0, steps=20, batch_size=8, seed=3, eval_every=5, eval_size=16)
-    b = simulate_sgd(3, 4, lr=1.0, steps=20, batch_size=8, seed=3, eval_every=5, eval_size=16)
+    a = simulate_copy(3, 4, lr=1.0, steps=20, batch_size=8, seed=3, eval_every=5, eval_size=16)
+    b = simulate_copy(3, 4, lr=1.0, steps=20, batch_size=8, seed=3, eval_every=5, eval_size=16)
     np.testing.assert_array_equal(a.delta, b.delta)
     np.testing.assert_array_equal(a.t, [0.0, 5.0, 10.0, 15.0, 20.0])
 

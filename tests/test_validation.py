@@ -131,3 +131,83 @@ def test_result_dtype():
     assert result_dtype(f32, f32) == np.float32
     assert result_dtype(f32, f64) == np.float64
     assert result_dtype(f32, None) == np.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# integer / flag options of every model, task and optimiser constructor
+# --------------------------------------------------------------------------------------------------
+
+def _constructors():
+    """(label, factory(**overrides), integer options, boolean options, optional boolean options)."""
+    from miniattn.models import (AttentionClassifier, FreeAttentionCopyModel, GatedToyClassifier,
+                                 Seq2SeqAttention, SoftmaxGatedToyClassifier)
+    from miniattn.tasks import CopyTask, KeywordClassificationTask, TranslationTask
+
+    def rng():
+        return np.random.default_rng(0)
+
+    return [
+        ("Seq2SeqAttention",
+         lambda **kw: Seq2SeqAttention(**{"source_vocab": 6, "target_vocab": 6, "source_length": 3,
+                                          "target_length": 3, "rng": rng(), **kw}),
+         ["source_vocab", "target_vocab", "source_length", "target_length", "dim", "heads"],
+         ["uniform"], ["shared_embeddings", "value_projection"]),
+        ("AttentionClassifier",
+         lambda **kw: AttentionClassifier(**{"vocab_size": 6, "n_classes": 2, "rng": rng(), **kw}),
+         ["vocab_size", "n_classes", "dim", "score_hidden"], ["uniform"], []),
+        ("GatedToyClassifier", lambda **kw: GatedToyClassifier(beta=0.0, **kw), ["vocab"], ["uniform"], []),
+        ("SoftmaxGatedToyClassifier", lambda **kw: SoftmaxGatedToyClassifier(**kw), ["vocab"], ["uniform"], []),
+        ("FreeAttentionCopyModel",
+         lambda **kw: FreeAttentionCopyModel(**{"length": 3, "vocab": 4, "factorised": True, "rng": rng(), **kw}),
+         ["length", "vocab", "dim"], ["factorised", "uniform"], []),
+        ("CopyTask", lambda **kw: CopyTask(**{"length": 3, "vocab": 5, "mode": "subset", **kw}),
+         ["length", "vocab"], ["specials"], []),
+        ("KeywordClassificationTask", lambda **kw: KeywordClassificationTask(**{"vocab": 20, "length": 5, **kw}),
+         ["vocab", "length", "n_classes", "keywords_per_class", "min_length", "keywords_per_sequence"], [], []),
+        ("TranslationTask",
+         lambda **kw: TranslationTask(**{"src_vocab": 5, "tgt_vocab": 5, "length": 3, "rng": rng(), **kw}),
+         ["src_vocab", "tgt_vocab", "length", "min_length", "max_fertility", "n_function_words",
+          "reorder_window"], [], []),
+    ]
+
+
+CONSTRUCTORS = _constructors()
+INTEGER_CASES = [(label, make, name) for label, make, ints, _, _ in CONSTRUCTORS for name in ints]
+FLAG_CASES = [(label, make, name, bad) for label, make, _, flags, optional in CONSTRUCTORS
+              for name in flags + optional for bad in ["False", 0, None] if not (bad is None and name in optional)]
+
+
+@pytest.mark.parametrize("label, make, name", INTEGER_CASES, ids=[f"{c[0]}-{c[2]}" for c in INTEGER_CASES])
+@pytest.mark.parametrize("bad, error", [(True, TypeError), (False, TypeError), (2.0, TypeError),
+                                        ("3", TypeError), (-1, ValueError)], ids=["True", "False", "2.0", "str", "-1"])
+def test_integer_options_refuse_bools_floats_strings_and_negatives(label, make, name, bad, error):
+    make()                                                   # the defaults are valid
+    with pytest.raises(error) as info:
+        make(**{name: bad})
+    assert name in str(info.value)
+
+
+@pytest.mark.parametrize("label, make, name, bad", FLAG_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]!r}" for c in FLAG_CASES])
+def test_boolean_options_accept_only_true_or_false(label, make, name, bad):
+    # bool("False") is True: a string from a config file must never switch uniform attention on.
+    with pytest.raises(TypeError) as info:
+        make(**{name: bad})
+    assert name in str(info.value)
+    for ok in (True, False, np.bool_(True), np.bool_(False)):
+        assert getattr(make(**{name: ok}), name) is bool(ok)     # stored as a plain bool
+
+
+@pytest.mark.parametrize("cls, name, bad, error", [
+    ("SGD", "lr", True, TypeError), ("SGD", "lr", "0.1", TypeError), ("SGD", "lr", -0.1, ValueError),
+    ("SGD", "lr", float("nan"), ValueError), ("SGD", "momentum", True, TypeError),
+    ("SGD", "momentum", "0.9", TypeError), ("SGD", "momentum", -0.5, ValueError),
+    ("Adam", "lr", False, TypeError), ("Adam", "lr", float("inf"), ValueError), ("Adam", "eps", "1e-8", TypeError),
+    ("Adam", "eps", -1e-8, ValueError), ("Adam", "betas", (True, 0.999), TypeError),
+    ("Adam", "betas", (0.9, -0.5), ValueError),
+])
+def test_optimiser_options_refuse_bad_types_and_values(cls, name, bad, error):
+    from miniattn import optim
+    with pytest.raises(error) as info:
+        getattr(optim, cls)({"w": np.zeros(2)}, **{name: bad})
+    assert name in str(info.value)

@@ -1,4 +1,6 @@
-"""Attention classifier: embedding, one attention query over the tokens, softmax output (SPEC §4).
+"""Attention classifier: embedding, one attention query over the tokens, softmax output.
+
+The model of README.md, "Models and tasks" (and docs/DESIGN.md, "Models").
 
 The model of the paper's blog post: every token is embedded, an attention logit is computed for each
 token from its embedding alone, the attention-weighted mean embedding is classified by an affine
@@ -38,17 +40,9 @@ from miniattn._validate import bool_array, float_array, int_array
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
                              embedding_forward, log_softmax, softmax_output_backward,
                              softmax_output_forward)
-from miniattn.models.base import ForwardResult
+from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
 
 __all__ = ["AttentionClassifier"]
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def _model_dtype(dtype) -> np.dtype:
@@ -92,17 +86,12 @@ class AttentionClassifier:
     def __init__(self, vocab_size: int, n_classes: int, *, dim: int = 64, score_hidden: int | None = None,
                  uniform: bool = False, init_scale: float = 0.1, rng: np.random.Generator,
                  dtype=np.float64):
-        self.vocab_size = _positive_int("vocab_size", vocab_size)
-        self.n_classes = _positive_int("n_classes", n_classes, minimum=2)
-        self.dim = _positive_int("dim", dim)
-        self.score_hidden = None if score_hidden is None else _positive_int("score_hidden", score_hidden)
-        if not isinstance(uniform, (bool, np.bool_)):
-            raise TypeError(f"uniform must be a bool, got {uniform!r}")
-        self.uniform = bool(uniform)
-        init_scale = float(init_scale)
-        if not np.isfinite(init_scale) or init_scale <= 0:
-            raise ValueError(f"init_scale must be a finite float > 0, got {init_scale}")
-        self.init_scale = init_scale
+        self.vocab_size = check_size("vocab_size", vocab_size)
+        self.n_classes = check_size("n_classes", n_classes, 2)
+        self.dim = check_size("dim", dim)
+        self.score_hidden = None if score_hidden is None else check_size("score_hidden", score_hidden)
+        self.uniform = check_flag("uniform", uniform)
+        self.init_scale = init_scale = check_scale("init_scale", init_scale)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         self.dtype = _model_dtype(dtype)

@@ -1,4 +1,4 @@
-"""The free-parameter copy model: the analytic approximation's own model (SPEC §4, §7).
+"""The free-parameter copy model: the analytic approximation's own model (analysis/README.md, §2).
 
 Attention weights are not computed from hidden states: they are the softmax of a free matrix of
 logits ``A`` (T = L output positions × S = L source positions), shared by every example. Values are
@@ -21,13 +21,12 @@ Backward (``dz = (softmax(z) − onehot(y)) ⊙ counted / N``)::
     factorised: c = α E[x],  dWₒ = Σ dzᵀ c,  dc = dz Wₒ,  d(E[x]) = αᵀ dc,  dα = dc E[x]ᵀ
 
 The gather of columns reuses :func:`miniattn.layers.embedding_forward` (with the table ``Mᵀ`` or
-``E``; it validates the ids), its scatter-add backward is a ``np.bincount`` (see
-:func:`_scatter_rows`), the attention weights reuse :func:`miniattn.layers.masked_softmax`;
-everything else is batched matmuls, no Python loop. Without a source mask all examples share one
-(T, S) softmax, computed once.
+``E``; it validates the ids) and its scatter-add backward :func:`miniattn.layers.embedding_backward`,
+the attention weights reuse :func:`miniattn.layers.masked_softmax`; everything else is batched
+matmuls, no Python loop. Without a source mask all examples share one (T, S) softmax, computed once.
 
-Also here: :func:`sample_copy_batch`, vectorised copy batches (permutation when V = L, subset when
-V > L) until :class:`miniattn.tasks.CopyTask` is available.
+Batches: ``miniattn.tasks.CopyTask(L, V, mode, specials=False)`` (mode ``"permutation"`` when
+V = L, ``"subset"`` when V > L) gives exactly the inputs this model reads.
 """
 
 from __future__ import annotations
@@ -36,65 +35,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from miniattn._validate import bool_array, int_array
+from miniattn._validate import bool_array, flag, int_array, integer
 from miniattn.batch import Seq2SeqBatch
-from miniattn.layers import embedding_forward, log_softmax, masked_softmax
+from miniattn.layers import EmbeddingCache, embedding_backward, embedding_forward, log_softmax, masked_softmax
 from miniattn.models.base import ForwardResult
 
-__all__ = ["FreeAttentionCopyModel", "sample_copy_batch", "DEFAULT_INIT_SCALE"]
+__all__ = ["FreeAttentionCopyModel", "DEFAULT_INIT_SCALE"]
 
 #: Default standard deviation of the i.i.d. normal initialisation of A, M (or Wₒ, E).
 DEFAULT_INIT_SCALE = 0.1
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def sample_copy_batch(rng: np.random.Generator, batch_size: int, length: int, vocab: int) -> Seq2SeqBatch:
-    """Fresh copy examples: L distinct tokens of a vocabulary of V, in uniformly random order.
-
-    ``V = L`` gives the *permutation* distribution (every input is an ordering of the whole
-    vocabulary), ``V > L`` the *subset* distribution. Each row is the first L entries of an
-    independent uniformly random permutation of ``0..V-1`` (argsort of uniform noise), which is a
-    uniformly random ordered L-subset; no Python loop over the batch.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    batch_size, length, vocab : int
-        B ≥ 1, L ≥ 1, V ≥ L.
-
-    Returns
-    -------
-    Seq2SeqBatch
-        ``source = target_in = target_out`` (B, L) int64, masks all True, ``alignment`` the identity.
-    """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    B = _positive_int("batch_size", batch_size)
-    L = _positive_int("length", length)
-    V = _positive_int("vocab", vocab)
-    if V < L:
-        raise ValueError(f"vocab must be >= length to draw {L} distinct tokens, got vocab={V}")
-    tokens = np.argsort(rng.random((B, V)), axis=1)[:, :L].astype(np.int64)
-    mask = np.ones((B, L), dtype=bool)
-    alignment = np.broadcast_to(np.arange(L, dtype=np.int64), (B, L)).copy()
-    return Seq2SeqBatch(tokens, mask, tokens.copy(), tokens.copy(), mask.copy(), alignment)
-
-
-def _scatter_rows(ids: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """``out[v] = Σ_{i: ids_i = v} rows_i`` (n, k): the embedding backward, repeated ids accumulating.
-
-    Same result as :func:`miniattn.layers.embedding_backward`, but through one ``np.bincount`` on
-    flattened (id, column) indices, which measured ~5× faster than ``np.add.at`` at B·S = 5120
-    rows of 60 (2 ms vs 10 ms) — this scatter runs at every training step.
-    """
-    k = rows.shape[-1]
-    flat = (ids.reshape(-1, 1) * k + np.arange(k)).reshape(-1)
-    return np.bincount(flat, weights=rows.reshape(-1), minlength=n * k).reshape(n, k)
 
 
 class _Cache(NamedTuple):
@@ -104,6 +53,7 @@ class _Cache(NamedTuple):
     count: int                #: N counted targets
     alpha: np.ndarray         #: (B, T, S) attention
     values: np.ndarray        #: (B, S, V) = M[:, x_s]  or (B, S, d) = E[x_s]
+    lookup: EmbeddingCache    #: the gather of the values (for its scatter-add backward)
     context: np.ndarray       #: (B, T, d) factorised context (None when plain)
     log_probs: np.ndarray     #: (B, T, V)
 
@@ -141,18 +91,18 @@ class FreeAttentionCopyModel:
 
     def __init__(self, length: int, vocab: int, *, factorised: bool = False, dim: int | None = None,
                  uniform: bool = False, init_scale: float = DEFAULT_INIT_SCALE, rng: np.random.Generator):
-        self.length = _positive_int("length", length)
-        self.vocab = _positive_int("vocab", vocab)
+        self.length = integer("length", length, 1)
+        self.vocab = integer("vocab", vocab, 1)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         init_scale = float(init_scale)
         if not np.isfinite(init_scale) or init_scale < 0:
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-        self.factorised = bool(factorised)
+        self.factorised = flag("factorised", factorised)
         if dim is not None and not self.factorised:
             raise ValueError("dim is only meaningful with factorised=True")
-        self.dim = (_positive_int("dim", dim) if dim is not None else self.vocab) if self.factorised else None
-        self.uniform = bool(uniform)
+        self.dim = (integer("dim", dim, 1) if dim is not None else self.vocab) if self.factorised else None
+        self.uniform = flag("uniform", uniform)
         self.init_scale = init_scale
         L, V = self.length, self.vocab
         params: dict[str, np.ndarray] = {}
@@ -218,15 +168,15 @@ class FreeAttentionCopyModel:
         else:
             alpha = masked_softmax(logits_a[None], source_mask[:, None, :])            # (B, T, S)
         if self.factorised:
-            values, _ = embedding_forward(source, self.params["E"])                    # (B, S, d)
+            values, lookup = embedding_forward(source, self.params["E"])               # (B, S, d)
             context = alpha @ values                                                   # (B, T, d)
             logits = context @ self.params["Wo"].T + self.params["b"]
         else:
             # Column M[:, x_s] of every source word = row x_s of Mᵀ: an embedding lookup.
-            values, _ = embedding_forward(source, self.params["M"].T)                  # (B, S, V)
+            values, lookup = embedding_forward(source, self.params["M"].T)             # (B, S, V)
             context = None
             logits = alpha @ values + self.params["b"]                                 # (B, T, V)
-        return _Cache(source, targets, target_mask, count, alpha, values, context,
+        return _Cache(source, targets, target_mask, count, alpha, values, lookup, context,
                       log_softmax(logits))
 
     def _gold(self, cache: _Cache) -> np.ndarray:
@@ -263,11 +213,11 @@ class FreeAttentionCopyModel:
             dcontext = dz @ self.params["Wo"]                                          # (B, T, d)
             dvalues = alpha.transpose(0, 2, 1) @ dcontext                              # (B, S, d)
             dalpha = dcontext @ values.transpose(0, 2, 1)                              # (B, T, S)
-            grads["E"] = _scatter_rows(cache.source, dvalues, self.vocab)
+            grads["E"] = embedding_backward(dvalues, cache.lookup)
         else:
             dvalues = alpha.transpose(0, 2, 1) @ dz                                    # (B, S, V)
             dalpha = dz @ values.transpose(0, 2, 1)                                    # (B, T, S)
-            grads["M"] = _scatter_rows(cache.source, dvalues, self.vocab).T
+            grads["M"] = embedding_backward(dvalues, cache.lookup).T
         if not self.uniform:
             # Softmax backward; masked sources have α = 0 and so get no gradient.
             if alpha.strides[0] == 0:

@@ -1,4 +1,6 @@
-"""Sequence-to-sequence attention model without recurrence (SPEC §4): embedding, attention, softmax.
+"""Sequence-to-sequence attention model without recurrence: embedding, attention, softmax.
+
+The model of README.md, "Models and tasks" (and docs/DESIGN.md, "Models").
 
 The encoder state of a source position is its token embedding plus a learned positional embedding;
 the decoder state of an output position is the embedding of the previous gold token (teacher forcing)
@@ -50,23 +52,9 @@ from miniattn.layers import (attention_backward, attention_forward, embedding_ba
                              embedding_forward, log_softmax, multihead_attention_backward,
                              multihead_attention_forward, softmax_output_backward,
                              softmax_output_forward)
-from miniattn.models.base import ForwardResult
+from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
 
 __all__ = ["Seq2SeqAttention"]
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def _optional_bool(name: str, value) -> bool | None:
-    if value is not None and not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool or None, got {value!r}")
-    return None if value is None else bool(value)
 
 
 def _pairwise_logsumexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -132,28 +120,23 @@ class Seq2SeqAttention:
                  dim: int = 64, heads: int = 1, shared_embeddings: bool | None = None,
                  value_projection: bool | None = None, uniform: bool = False,
                  init_scale: float | None = None, rng: np.random.Generator, dtype=np.float64):
-        self.source_vocab = _positive_int("source_vocab", source_vocab)
-        self.target_vocab = _positive_int("target_vocab", target_vocab, minimum=2)
-        self.source_length = _positive_int("source_length", source_length)
-        self.target_length = _positive_int("target_length", target_length)
-        self.dim = _positive_int("dim", dim)
-        self.heads = _positive_int("heads", heads)
-        shared = _optional_bool("shared_embeddings", shared_embeddings)
+        self.source_vocab = check_size("source_vocab", source_vocab)
+        self.target_vocab = check_size("target_vocab", target_vocab, 2)
+        self.source_length = check_size("source_length", source_length)
+        self.target_length = check_size("target_length", target_length)
+        self.dim = check_size("dim", dim)
+        self.heads = check_size("heads", heads)
+        shared = check_flag("shared_embeddings", shared_embeddings, optional=True)
         if shared is None:
             shared = self.source_vocab == self.target_vocab
         elif shared and self.source_vocab != self.target_vocab:
             raise ValueError(f"shared_embeddings=True needs source_vocab == target_vocab, got "
                              f"{self.source_vocab} and {self.target_vocab}")
         self.shared_embeddings = shared
-        vp = _optional_bool("value_projection", value_projection)
+        vp = check_flag("value_projection", value_projection, optional=True)
         self.value_projection = (self.heads > 1) if vp is None else vp
-        if not isinstance(uniform, (bool, np.bool_)):
-            raise TypeError(f"uniform must be a bool, got {uniform!r}")
-        self.uniform = bool(uniform)
-        scale = 1.0 / np.sqrt(self.dim) if init_scale is None else float(init_scale)
-        if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"init_scale must be a finite float > 0 (or None for 1/sqrt(dim)), got {init_scale}")
-        self.init_scale = float(scale)
+        self.uniform = check_flag("uniform", uniform)
+        self.init_scale = float(1.0 / np.sqrt(self.dim)) if init_scale is None else check_scale("init_scale", init_scale)
         self._init_scale_arg = None if init_scale is None else self.init_scale
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")

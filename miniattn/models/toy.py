@@ -37,10 +37,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from miniattn._validate import bool_array, float_array, int_array
+from miniattn._validate import bool_array, float_array, int_array, real
 from miniattn.batch import ClassificationBatch
 from miniattn.layers import masked_softmax
-from miniattn.models.base import ForwardResult
+from miniattn.models.base import ForwardResult, check_flag, check_size
 
 __all__ = ["GatedToyClassifier", "SoftmaxGatedToyClassifier", "toy_batch"]
 
@@ -96,9 +96,7 @@ def _init_vector(name, value, size, init_scale, rng):
 
 
 def _check_init(init_scale, rng):
-    init_scale = float(init_scale)
-    if not np.isfinite(init_scale) or init_scale < 0:
-        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
+    init_scale = real("init_scale", init_scale, low=0.0)
     if init_scale > 0 and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator when init_scale > 0, got {type(rng).__name__}")
     return init_scale
@@ -150,14 +148,15 @@ class GatedToyClassifier:
 
     def __init__(self, beta=(0.0, 0.0), p: float = 0.5, *, vocab: int = 2, uniform: bool = False,
                  reduction: str = "sum", init_scale: float = 0.0, rng: np.random.Generator | None = None):
-        if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)) or vocab < 1:
-            raise ValueError(f"vocab must be an integer >= 1, got {vocab!r}")
+        vocab = check_size("vocab", vocab)
+        if not isinstance(reduction, str):
+            raise TypeError(f"reduction must be 'sum' or 'mean', got {type(reduction).__name__} {reduction!r}")
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         init_scale = _check_init(init_scale, rng)
         size = int(vocab) if np.ndim(beta) == 0 else len(np.asarray(beta))
         self.vocab = size
-        self.uniform = bool(uniform)
+        self.uniform = check_flag("uniform", uniform)
         self.reduction = reduction
         self.init_scale = init_scale
         self.params: dict[str, np.ndarray] = {"beta": _init_vector("beta", beta, size, init_scale, rng)}
@@ -293,11 +292,10 @@ class SoftmaxGatedToyClassifier:
 
     def __init__(self, vocab: int = 2, *, uniform: bool = False, init_scale: float = 0.0,
                  rng: np.random.Generator | None = None):
-        if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)) or vocab < 1:
-            raise ValueError(f"vocab must be an integer >= 1, got {vocab!r}")
+        vocab = check_size("vocab", vocab)
         init_scale = _check_init(init_scale, rng)
-        self.vocab = int(vocab)
-        self.uniform = bool(uniform)
+        self.vocab = vocab
+        self.uniform = check_flag("uniform", uniform)
         self.init_scale = init_scale
         self.params: dict[str, np.ndarray] = {"beta": _init_vector("beta", 0.0, self.vocab, init_scale, rng)}
         if not self.uniform:

@@ -26,13 +26,14 @@ global random state.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from miniattn._validate import integer
 
 # The argument checks below are shared by every task module. They are defined before the submodules
 # are imported (at the bottom of this file) so that ``from miniattn.tasks import _check_int`` works
-# inside those submodules while this package is still initialising.
+# inside those submodules while this package is still initialising. The decisions themselves are
+# :mod:`miniattn._validate`'s (one vocabulary of argument checks for models, tasks and optimisers).
 
 
 def _check_generator(rng, name: str = "rng") -> np.random.Generator:
@@ -47,28 +48,13 @@ def _check_generator(rng, name: str = "rng") -> np.random.Generator:
     return rng
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    """Return ``value`` as a Python int in ``[low, high]`` (``high`` None = unbounded), or raise.
+def _check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """:func:`miniattn._validate.integer` (kept under this name for the task modules that import it).
 
-    Booleans are refused (``True`` is an int in Python, but never a meaningful size).
+    A non-integer (bool, float, str, None, ...) is a ``TypeError``; an integer outside
+    ``[low, high]`` (``None`` = unbounded) a ``ValueError`` naming ``name``.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        upper = "inf)" if high is None else f"{high}]"
-        raise ValueError(f"{name} must lie in [{low}, {upper}, got {value}")
-    return value
-
-
-def _check_prob(name: str, value) -> float:
-    """Return ``value`` as a float probability in ``[0, 1]``, or raise naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return value
+    return integer(name, value, low, high)
 
 
 from miniattn.tasks.copy import CopyTask  # noqa: E402

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from miniattn._validate import flag, integer
 from miniattn.batch import Seq2SeqBatch
-from miniattn.tasks import _check_generator, _check_int
+from miniattn.tasks import _check_generator
 
 __all__ = ["CopyTask", "COPY_MODES"]
 
@@ -77,8 +78,10 @@ class CopyTask:
     """
 
     def __init__(self, length: int, vocab: int, mode: str, specials: bool = True):
-        self.length = _check_int("length", length, 1)
-        self.vocab = _check_int("vocab", vocab, 1)
+        self.length = integer("length", length, 1)
+        self.vocab = integer("vocab", vocab, 1)
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be one of {COPY_MODES}, got {type(mode).__name__} {mode!r}")
         if mode not in COPY_MODES:
             raise ValueError(f"mode must be one of {COPY_MODES}, got {mode!r}")
         if mode == "permutation" and self.vocab != self.length:
@@ -89,10 +92,8 @@ class CopyTask:
             raise ValueError(f"mode='subset' draws length distinct tokens, so it needs "
                              f"length <= vocab; got length={self.length}, vocab={self.vocab} "
                              f"(use mode='replacement' for i.i.d. tokens)")
-        if not isinstance(specials, (bool, np.bool_)):
-            raise TypeError(f"specials must be a bool, got {type(specials).__name__}")
         self.mode = mode
-        self.specials = bool(specials)
+        self.specials = flag("specials", specials)
 
         V, L = self.vocab, self.length
         if self.specials:
@@ -122,7 +123,7 @@ class CopyTask:
         tokens : int64 array, shape (B, L), values in [0, V)
         """
         rng = _check_generator(rng)
-        B = _check_int("batch_size", batch_size, 1)
+        B = integer("batch_size", batch_size, 1)
         V, L = self.vocab, self.length
         if self.mode == "replacement":
             return rng.integers(0, V, size=(B, L), dtype=np.int64)

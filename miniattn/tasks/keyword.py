@@ -23,12 +23,11 @@ Filler distribution: with the filler words in increasing id order ``f_0 < f_1 < 
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from miniattn._validate import integer, real
 from miniattn.batch import ClassificationBatch
-from miniattn.tasks import _check_generator, _check_int, _check_prob
+from miniattn.tasks import _check_generator
 
 __all__ = ["KeywordClassificationTask"]
 
@@ -84,24 +83,20 @@ class KeywordClassificationTask:
                  keyword_strength: float = 0.9, zipf_exponent: float = 1.0,
                  min_length: int | None = None, keywords_per_sequence: int = 1,
                  noise: float = 0.0, rng: np.random.Generator | None = None):
-        self.vocab = _check_int("vocab", vocab, 2)
-        self.length = _check_int("length", length, 1)
-        self.n_classes = _check_int("n_classes", n_classes, 2)
-        self.keywords_per_class = _check_int("keywords_per_class", keywords_per_class, 1)
+        self.vocab = integer("vocab", vocab, 2)
+        self.length = integer("length", length, 1)
+        self.n_classes = integer("n_classes", n_classes, 2)
+        self.keywords_per_class = integer("keywords_per_class", keywords_per_class, 1)
         n_keywords = self.n_classes * self.keywords_per_class
         if n_keywords >= self.vocab:
             raise ValueError(f"vocab must exceed n_classes * keywords_per_class = {n_keywords} "
                              f"(at least one filler word is needed), got vocab={self.vocab}")
-        self.keyword_strength = _check_prob("keyword_strength", keyword_strength)
-        self.noise = _check_prob("noise", noise)
-        if isinstance(zipf_exponent, (bool, np.bool_)) or not isinstance(zipf_exponent, numbers.Real):
-            raise TypeError(f"zipf_exponent must be a real number >= 0, got {zipf_exponent!r}")
-        if not (np.isfinite(zipf_exponent) and zipf_exponent >= 0):
-            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent}")
-        self.zipf_exponent = float(zipf_exponent)
-        self.min_length = self.length if min_length is None else _check_int(
+        self.keyword_strength = real("keyword_strength", keyword_strength, low=0.0, high=1.0)
+        self.noise = real("noise", noise, low=0.0, high=1.0)
+        self.zipf_exponent = real("zipf_exponent", zipf_exponent, low=0.0)
+        self.min_length = self.length if min_length is None else integer(
             "min_length", min_length, 1, self.length)
-        self.keywords_per_sequence = _check_int("keywords_per_sequence", keywords_per_sequence, 1)
+        self.keywords_per_sequence = integer("keywords_per_sequence", keywords_per_sequence, 1)
         # Planted words go to distinct positions, so even the shortest sequence must hold them all.
         needed = self.keywords_per_sequence + (1 if self.noise > 0 else 0)
         if needed > self.min_length:
@@ -151,7 +146,7 @@ class KeywordClassificationTask:
             classes, ``salient (B, length)`` bool, True at the planted gold-label keywords.
         """
         rng = _check_generator(rng)
-        B = _check_int("batch_size", batch_size, 1)
+        B = integer("batch_size", batch_size, 1)
         Lmax, C, K = self.length, self.n_classes, self.keywords_per_sequence
         rows = np.arange(B)[:, None]
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from miniattn._validate import integer, real
 from miniattn.batch import Seq2SeqBatch
-from miniattn.tasks import _check_generator, _check_int, _check_prob
+from miniattn.tasks import _check_generator
 
 __all__ = ["TranslationTask"]
 
@@ -94,24 +95,24 @@ class TranslationTask:
                  p_one_to_many: float = 0.2, max_fertility: int = 2, n_function_words: int = 2,
                  p_function_word: float = 0.1, reorder_window: int = 2, p_reorder: float = 0.3):
         rng = _check_generator(rng)
-        self.src_vocab = _check_int("src_vocab", src_vocab, 1)
-        self.tgt_vocab = _check_int("tgt_vocab", tgt_vocab, 1)
-        self.length = _check_int("length", length, 1)
-        self.min_length = self.length if min_length is None else _check_int(
+        self.src_vocab = integer("src_vocab", src_vocab, 1)
+        self.tgt_vocab = integer("tgt_vocab", tgt_vocab, 1)
+        self.length = integer("length", length, 1)
+        self.min_length = self.length if min_length is None else integer(
             "min_length", min_length, 1, self.length)
-        self.p_untranslated = _check_prob("p_untranslated", p_untranslated)
-        self.p_one_to_many = _check_prob("p_one_to_many", p_one_to_many)
+        self.p_untranslated = real("p_untranslated", p_untranslated, low=0.0, high=1.0)
+        self.p_one_to_many = real("p_one_to_many", p_one_to_many, low=0.0, high=1.0)
         if self.p_untranslated + self.p_one_to_many > 1.0:
             raise ValueError(f"p_untranslated + p_one_to_many must be <= 1, got "
                              f"{self.p_untranslated} + {self.p_one_to_many}")
-        self.max_fertility = _check_int("max_fertility", max_fertility, 1)
+        self.max_fertility = integer("max_fertility", max_fertility, 1)
         if self.max_fertility < 2 and self.p_one_to_many > 0:
             raise ValueError(f"max_fertility must be >= 2 when p_one_to_many > 0, "
                              f"got max_fertility={self.max_fertility}, p_one_to_many={self.p_one_to_many}")
-        self.n_function_words = _check_int("n_function_words", n_function_words, 0, self.tgt_vocab - 1)
-        self.p_function_word = _check_prob("p_function_word", p_function_word)
-        self.reorder_window = _check_int("reorder_window", reorder_window, 1)
-        self.p_reorder = _check_prob("p_reorder", p_reorder)
+        self.n_function_words = integer("n_function_words", n_function_words, 0, self.tgt_vocab - 1)
+        self.p_function_word = real("p_function_word", p_function_word, low=0.0, high=1.0)
+        self.reorder_window = integer("reorder_window", reorder_window, 1)
+        self.p_reorder = real("p_reorder", p_reorder, low=0.0, high=1.0)
         self._function_words_on = self.n_function_words > 0 and self.p_function_word > 0
 
         # ---- the lexicon -------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class TranslationTask:
             <eos>) for the target <eos>. S = ``source_length``, T = ``target_length``; int64 ids.
         """
         rng = _check_generator(rng)
-        B = _check_int("batch_size", batch_size, 1)
+        B = integer("batch_size", batch_size, 1)
         L, w = self.length, self.reorder_window
         F = self.lexicon_table.shape[1]
         rows = np.arange(B)

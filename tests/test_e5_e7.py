@@ -1,0 +1,160 @@
+"""E5 (phase diagram) and E7 (reduced ODE vs simulation): the merged simulation and both experiments end to end."""
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.claims import KINDS, VERDICTS
+from analysis.experiments import e7_reduced_vs_sim
+from analysis.experiments.framework import compute, plot
+from analysis.fingerprint import module_closure
+from analysis.reduced import project
+from analysis.simulation import (build_copy_model, enumerate_copy_batch, seed_streams, simulate_copy,
+                                 symmetric_params)
+from analysis.sweep import SerialExecutor, spawn_seed_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The merged simulation
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["free", "factorised"])
+def test_exact_simulation_is_full_batch_gradient_descent(model):
+    # simulate_copy(exact=True) must be plain gradient descent on every copy input, step for step:
+    # replay it here by hand from the same initial parameters.
+    L, V, lr, steps = 3, 4, 0.5, 12
+    rng = np.random.default_rng(1)
+    params = None
+    if model == "free":
+        params = {k: v + 1e-2 * rng.standard_normal(v.shape)
+                  for k, v in symmetric_params(L, V, 0.1, 0.0, 0.05, 0.0).items()}
+    sim = simulate_copy(L, V, model=model, lr=lr, steps=steps, exact=True, params=params, seed=5, eval_every=3)
+    net, _ = build_copy_model(L, V, model=model, seed=5)
+    if params is not None:
+        for k, v in params.items():
+            net.params[k][...] = v
+    batch = enumerate_copy_batch(L, V)
+    deltas, probs = [], []
+    for k in range(steps + 1):
+        if k % 3 == 0:
+            deltas.append(project(net).delta)
+            gold = np.take_along_axis(net.forward(batch).log_probs, batch.target_out[..., None], -1)[..., 0]
+            probs.append(np.exp(gold).mean())
+        if k < steps:
+            _, grads = net.loss_and_grads(batch)
+            for name, g in grads.items():
+                net.params[name] -= lr * g
+    np.testing.assert_array_equal(sim.step, [0, 3, 6, 9, 12])
+    np.testing.assert_allclose(sim.t, sim.step * lr)
+    np.testing.assert_allclose(sim.delta, deltas, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sim.prob_correct, probs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(model="free"), dict(model="factorised", optimizer="adam"),
+                                    dict(model="free", uniform=True),
+                                    dict(model="seq2seq", dim=8, init_scale=None)])
+def test_simulation_is_bit_identical_for_the_same_seed(kwargs):
+    seed = spawn_seed_records(7, 2)
+    run = dict(lr=0.5 if kwargs.get("optimizer") != "adam" else 1e-2, steps=12, batch_size=8, eval_every=4,
+               eval_size=16, **kwargs)
+    a = simulate_copy(4, 6, seed=seed[0], **run)
+    b = simulate_copy(4, 6, seed=seed[0], **run)
+    c = simulate_copy(4, 6, seed=seed[1], **run)
+    for field in ("t", "delta", "alpha_d", "loss", "prob_correct", "token_accuracy", "initial_state"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.loss, c.loss)
+    assert np.all(np.isfinite(a.delta)) and np.all((a.prob_correct > 0) & (a.prob_correct < 1))
+    if kwargs["model"] == "seq2seq":
+        assert a.initial is None and np.all(np.isnan(a.alpha_d_projected))
+    else:
+        np.testing.assert_array_equal(a.initial_state, a.initial.state(kwargs["model"] == "factorised"))
+
+
+def test_seed_streams_accept_ints_sequences_and_records():
+    record = spawn_seed_records(3, 1)[0]
+    seq = np.random.SeedSequence(record["entropy"], spawn_key=tuple(record["spawn_key"]))
+    for x, y in zip(seed_streams(record), seed_streams(seq)):
+        assert x.spawn_key == y.spawn_key and x.entropy == y.entropy
+    assert seed_streams(4)[0].spawn_key == (0,)
+    with pytest.raises(TypeError, match="seed"):
+        seed_streams(1.5)
+
+
+def test_simulation_validation():
+    with pytest.raises(ValueError, match="model"):
+        simulate_copy(3, 4, model="lstm", lr=1.0, steps=1)
+    with pytest.raises(ValueError, match="dim"):
+        simulate_copy(3, 4, model="seq2seq", lr=1.0, steps=1)
+    with pytest.raises(ValueError, match="exact"):
+        simulate_copy(3, 4, model="seq2seq", dim=4, lr=1.0, steps=1, exact=True)
+    with pytest.raises(TypeError, match="uniform"):
+        simulate_copy(3, 4, lr=1.0, steps=1, uniform="False")
+    with pytest.raises(ValueError, match="params"):
+        simulate_copy(3, 4, lr=1.0, steps=1, params={"M": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match="lr"):
+        simulate_copy(3, 4, lr=0.0, steps=1)
+
+
+def test_no_hand_written_training_loop_in_the_ported_modules():
+    # Every model is trained through miniattn.train.train: no call of loss_and_grads or of an
+    # optimiser's step in these modules.
+    for rel in ("analysis/simulation.py", "analysis/reduced.py", "analysis/experiments/e5_phase.py",
+                "analysis/experiments/e7_reduced_vs_sim.py"):
+        tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
+        calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        assert not calls & {"loss_and_grads", "step"}, rel
+
+
+def test_e7_does_not_import_e5():
+    assert "analysis.experiments.e5_phase" not in module_closure("analysis.experiments.e7_reduced_vs_sim")
+    assert "analysis.experiments.common" not in module_closure("analysis.experiments.e7_reduced_vs_sim")
+    assert "analysis.experiments.common" not in module_closure("analysis.experiments.e5_phase")
+
+
+def test_e7_ratio_bounds():
+    bounds = e7_reduced_vs_sim._ratio_bounds
+    assert bounds(100.0, 110.0, 500.0, 1e7) == (1.1, 1.1, 1.1)
+    # The simulation did not learn by τ = 500: τ_sim > 500, so the ratio is below 2000 / 500.
+    assert bounds(math.inf, 2000.0, 500.0, 1e7) == (4.0, 0.0, 4.0)
+    assert bounds(200.0, math.inf, 500.0, 1e7) == (5e4, 5e4, 5e4)
+    value, low, high = bounds(math.inf, math.inf, 500.0, 1e7)
+    assert value is None and math.isnan(low) and math.isnan(high)
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiments, quick profile, end to end
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("experiment", ["e5", "e7"])
+def test_quick_profile_end_to_end(experiment, tmp_path):
+    summary = compute(experiment, "quick", root=tmp_path, executor=SerialExecutor())
+    assert summary["claims"]
+    for c in summary["claims"]:
+        assert c["verdict"] in VERDICTS and c["kind"] in KINDS
+        assert c["criterion"]["name"] and c["criterion"]["why"]
+        assert c["value"] is not None or c["verdict"] == "undecided"
+    assert all(len(row) == len(t["columns"]) for t in summary["tables"] for row in t["rows"])
+    # Nothing in a table is a bare dash: every ratio or time is a value or says why it is missing.
+    assert not any(cell in ("–", "-") for t in summary["tables"] for row in t["rows"] for cell in row)
+    paths = plot(experiment, root=tmp_path)
+    assert paths and all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    # A second compute reuses every run (no run file is rewritten).
+    files = sorted((tmp_path / experiment / "runs").glob("*.json"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = compute(experiment, "quick", root=tmp_path, executor=SerialExecutor())
+    assert [f.stat().st_mtime_ns for f in files] == stamps and len(files) == len(again["runs"])
+    assert [c["verdict"] for c in again["claims"]] == [c["verdict"] for c in summary["claims"]]
+
+
+def test_e7_free_comparisons_are_checks_and_others_beyond(tmp_path):
+    summary = compute("e7", "quick", root=tmp_path, executor=SerialExecutor())
+    kinds = {c["statement"].split(":")[0]: c["kind"] for c in summary["claims"]}
+    assert kinds == {"free-subset": "check", "free-permutation": "check", "factorised-subset": "beyond",
+                     "seq2seq-subset": "beyond"}
+    for c in summary["claims"]:
+        assert c["criterion"]["low"] == pytest.approx(0.8) and c["criterion"]["high"] == pytest.approx(1.2)
