@@ -147,7 +147,8 @@ def make_executor(kind: str | None = None, *, jobs: int | None = None,
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # Milliseconds: a compute step that starts within a second of the last run must still see it as earlier.
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _execute(fn: Callable[[dict], Mapping[str, Any]], config: dict) -> tuple[dict, dict]:

@@ -7,7 +7,8 @@ An experiment module (registered in :data:`analysis.experiments.EXPERIMENTS`) de
     claims(results)    -> list[Claim]       verdicts, each with a criterion written in the code
     figures(results)   -> list[Path]        the figures, from the stored results only
 
-and optionally ``tables(results) -> list[dict]`` (``{"title", "columns", "rows"}``),
+A *staged* experiment defines ``runs(profile, results)`` instead: its later runs depend on the
+results of earlier ones (see :func:`_staged_sweep`). Optionally, ``tables(results) -> list[dict]`` (``{"title", "columns", "rows"}``),
 ``notes(results) -> list[str]`` and a ``DESCRIPTION`` string. :func:`compute` runs the sweep
 through the result store (reusing every run whose config and code are unchanged), evaluates the
 claims and writes ``<results>/<id>/summary.json``; :func:`plot` draws the figures from it. Neither
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import inspect
 import os
 import platform
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from miniattn import io
 from analysis.claims import Claim
@@ -132,11 +134,36 @@ def _optional(mod: ModuleType, name: str, results: Results) -> list:
 def _timing(records: Sequence[StoredRun], step_started: float) -> dict[str, Any]:
     begun = [_dt.datetime.fromisoformat(r["started"]) for r in records if r.get("started")]
     ended = [_dt.datetime.fromisoformat(r["finished"]) for r in records if r.get("finished")]
-    step_start = _dt.datetime.fromtimestamp(int(step_started), _dt.timezone.utc)
+    step_start = _dt.datetime.fromtimestamp(step_started, _dt.timezone.utc)
     return {"compute_time_s": float(sum(r.get("runtime_s", 0.0) for r in records)),
             "runs_span_s": (max(ended) - min(begun)).total_seconds() if begun and ended else None,
             "runs_reused": sum(b < step_start for b in begun),
             "wall_time_s": time.time() - step_started}
+
+
+#: A staged experiment may not need more rounds than this to list all of its runs.
+MAX_STAGES = 5
+
+
+def _staged_sweep(info, mod: ModuleType, profile: str, code: str, root, executor) -> list[StoredRun]:
+    """Run the sweep; for a staged experiment, until its list of runs stops growing.
+
+    ``runs(profile)`` lists every run up front. A *staged* experiment defines
+    ``runs(profile, results)``: it is called first with ``results=None`` and then with the results
+    so far, and may add runs whose configs depend on them (E6 assembles multi-head models from the
+    heads that its first stage classified). Each round reuses every run already stored.
+    """
+    staged = len(inspect.signature(mod.runs).parameters) >= 2
+    specs = mod.runs(profile, None) if staged else mod.runs(profile)
+    for _ in range(MAX_STAGES):
+        records = run_sweep(info.id, specs, mod.run, code=code, root=root, executor=executor)
+        if not staged:
+            return records
+        more = mod.runs(profile, Results(info.id, profile, records, results_root(root)))
+        if [s.name for s in more] == [s.name for s in specs]:
+            return records
+        specs = more
+    raise RuntimeError(f"{info.module}.runs() still lists new runs after {MAX_STAGES} stages")
 
 
 def compute(experiment: str, profile: str | None = None, *, root=None, executor=None) -> dict:
@@ -145,9 +172,8 @@ def compute(experiment: str, profile: str | None = None, *, root=None, executor=
     info = experiment_info(experiment)
     mod = _module(info)
     profile = get_profile(profile)
-    specs = mod.runs(profile)
     code = fingerprint(info.module)
-    records = run_sweep(info.id, specs, mod.run, code=code, root=root, executor=executor)
+    records = _staged_sweep(info, mod, profile, code, root, executor)
     results = Results(info.id, profile, records, results_root(root))
     claims: list[Claim] = list(mod.claims(results))
     for c in claims:
