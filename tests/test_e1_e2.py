@@ -78,18 +78,22 @@ def test_e2_quick_end_to_end(tmp_path):
     assert [p.name for p in paths] == ["e2_two_stages.png"] and paths[0].stat().st_size > 0
 
 
-def test_e2_default_profile_keeps_sizes_and_seeds():
+def test_e2_default_profile_sizes_and_seeds():
     specs = e2_two_stages.runs("default")
     by_task = {}
     for r in specs:
         by_task.setdefault(r.config["task_name"], []).append(r.config)
-    assert sorted(by_task) == ["classification", "copy"]
+    assert sorted(by_task) == ["classification", "copy", "translation"]
     cls, cp = by_task["classification"][0]["task"], by_task["copy"][0]["task"]
     assert (cls["vocab"], cls["length"], cls["dim"], cls["lr"], cls["steps"], cls["batch"]) == (200, 20, 16, 1e-2, 300, 64)
     assert (cp["length"], cp["vocab"], cp["dim"], cp["lr"], cp["steps"], cp["batch"]) == (40, 60, 128, 20.0, 200, 128)
-    assert [c["seed"] for c in by_task["copy"]] == spawn_seed_records(e2_two_stages.ROOT_SEED, 2)
+    tr = by_task["translation"][0]["task"]
+    assert (tr["vocab"], tr["length"], tr["dim"], tr["optimizer"], tr["steps"]) == (60, 10, 32, "adam", 200)
+    # At least 10 seeds per task (the first two are the seeds used before, unchanged).
+    for task in by_task.values():
+        assert [c["seed"] for c in task] == spawn_seed_records(e2_two_stages.ROOT_SEED, 10)
     assert all(c["eval_size"] == 128 and c["fit_size"] == 3000 for c in by_task["copy"])
-    assert len(e2_two_stages.runs("full")) == 10
+    assert len(e2_two_stages.runs("full")) == 3 * 20
 
 
 def test_e2_eval_steps_dense_early():

@@ -109,8 +109,8 @@ def test_difference_claim_verdicts_follow_the_interval():
     assert worse.verdict == "fails"
 
 
-def test_e4_default_and_full_sizes_unchanged():
-    for profile, sgd_seeds, dtype, eval_size in (("default", 2, "float32", 128), ("full", 20, "float64", 256)):
+def test_e4_default_and_full_sizes():
+    for profile, sgd_seeds, dtype, eval_size in (("default", 20, "float32", 128), ("full", 20, "float64", 256)):
         specs = E4.runs(profile)
         adam = [s.config for s in specs if s.config["setting"] == "adam"]
         sgd = [s.config for s in specs if s.config["setting"] == "sgd"]

@@ -59,17 +59,23 @@ def _tasks(profile: str) -> dict:
                                    "keyword_strength": 0.9, "noise": 0.1, "dim": 8, "optimizer": "adam",
                                    "lr": 3e-2, "steps": 60, "batch": 32},
                 "copy": {"length": 10, "vocab": 20, "dim": 32, "optimizer": "sgd", "lr": 5.0, "steps": 100,
-                         "batch": 64}}
+                         "batch": 64},
+                "translation": {"vocab": 30, "length": 6, "dim": 16, "optimizer": "adam", "lr": 1e-2,
+                                "steps": 60, "batch": 32}}
     return {"classification": {"vocab": 200, "length": 20, "min_length": 10, "keywords_per_class": 4,
                                "keyword_strength": 0.9, "noise": 0.1, "dim": 16, "optimizer": "adam",
                                "lr": 1e-2, "steps": 300, "batch": 64},
             "copy": {"length": 40, "vocab": 60, "dim": 256 if profile == "full" else 128, "optimizer": "sgd",
-                     "lr": 20.0, "steps": 200, "batch": 128}}
+                     "lr": 20.0, "steps": 200, "batch": 128},
+            # The synthetic translation task of E3 (random lexicon with one-to-many words, local
+            # reordering, untranslated source words and target function words; a true alignment).
+            "translation": {"vocab": 60, "length": 10, "dim": 32, "optimizer": "adam", "lr": 1e-2,
+                            "steps": 200, "batch": 64}}
 
 
 def runs(profile: str) -> list:
-    """Both tasks over the seeds of the profile (default and full: the sizes and seeds used so far)."""
-    seeds = {"quick": 2, "default": 2, "full": 5}[profile]
+    """Three tasks (classification, copy, translation) over the seeds of the profile."""
+    seeds = {"quick": 2, "default": 10, "full": 20}[profile]
     sizes = {"quick": (32, 300), "default": (128, 3000), "full": (256, 3000)}[profile]
     out = []
     for tname, tc in _tasks(profile).items():
@@ -96,7 +102,7 @@ def _eval_steps(steps: int, schedule) -> list[int]:
 def _build(name: str, tc: dict, task_seed, init_seed, uniform: bool, task=None):
     from miniattn.models.classifier import AttentionClassifier
     from miniattn.models.seq2seq import Seq2SeqAttention
-    from miniattn.tasks import CopyTask, KeywordClassificationTask
+    from miniattn.tasks import CopyTask, KeywordClassificationTask, TranslationTask
 
     if name == "classification":
         task = task or KeywordClassificationTask(
@@ -105,6 +111,11 @@ def _build(name: str, tc: dict, task_seed, init_seed, uniform: bool, task=None):
             rng=np.random.default_rng(task_seed))
         model = AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=tc["dim"],
                                     uniform=uniform, rng=np.random.default_rng(init_seed))
+    elif name == "translation":
+        task = task or TranslationTask(tc["vocab"], tc["vocab"], tc["length"], rng=np.random.default_rng(task_seed))
+        model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
+                                 task.target_length, dim=tc["dim"], uniform=uniform,
+                                 rng=np.random.default_rng(init_seed))
     else:
         task = task or CopyTask(tc["length"], tc["vocab"], "subset")
         model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
@@ -293,7 +304,7 @@ def notes(results) -> list:
            "; ".join(f"{t}: {_schedule_words(results, t)}" for t in results.distinct("task_name")) + ")."]
     if results.profile != "full":
         n = len(results.where(task_name=results.distinct("task_name")[0]))
-        out.append(f"{results.profile.capitalize()} profile: {n} seeds per task (full: 5 seeds, copy hidden size 256).")
+        out.append(f"{results.profile.capitalize()} profile: {n} seeds per task (full: 20 seeds, copy hidden size 256).")
     return out
 
 
