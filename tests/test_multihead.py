@@ -18,15 +18,10 @@ from miniattn.gradcheck import check_directional, check_vjp
 from miniattn.layers import (
     attention_forward, multihead_attention_backward, multihead_attention_forward,
 )
+from checks import assert_gradcheck
 from strategies import assert_unchanged, attention_shapes, dims, float_arrays, masks, seeds, snapshot
 
-MAX_REL_ERROR = 1e-7
 NAMES = ("queries", "keys", "values", "score_matrices", "value_matrices")
-
-
-def assert_gradcheck(report):
-    assert report.passed, str(report)
-    assert report.max_error < MAX_REL_ERROR, str(report)
 
 
 def multihead_fns(mask, uniform):
