@@ -35,6 +35,8 @@ import numpy as np
 from miniattn import __version__, io
 from miniattn.models import (AttentionClassifier, FreeAttentionCopyModel, GatedToyClassifier,
                              Seq2SeqAttention)
+from miniattn.models.rnn_classifier import RecurrentAttentionClassifier
+from miniattn.models.rnn_seq2seq import RecurrentSeq2SeqAttention
 from miniattn.models.toy import toy_batch
 from miniattn.optim import make_optimizer
 from miniattn.tasks import (CopyTask, FixedBatchTask, HeldOutSplit, KeywordClassificationTask, TranslationTask,
@@ -43,7 +45,7 @@ from miniattn.train import CONFIG_NAME, METRICS_NAME, TrainingDiverged, train
 
 __all__ = ["main", "build_parser", "MODELS", "TASKS", "COMPATIBLE_TASKS"]
 
-MODELS = ("seq2seq", "classifier", "free-copy", "toy")
+MODELS = ("seq2seq", "classifier", "free-copy", "toy", "rnn-seq2seq", "rnn-classifier")
 TASKS = ("copy", "keyword", "translation", "text-classification", "parallel", "toy")
 #: The tasks each model can be trained on; the first is its default task.
 COMPATIBLE_TASKS = {
@@ -51,10 +53,13 @@ COMPATIBLE_TASKS = {
     "classifier": ("keyword", "text-classification"),
     "free-copy": ("copy",),
     "toy": ("toy",),
+    "rnn-seq2seq": ("copy", "translation", "parallel"),
+    "rnn-classifier": ("keyword", "text-classification"),
 }
 #: Options that only make sense for some models / tasks (option dest -> allowed values).
 _MODEL_OPTIONS = {"heads": ("seq2seq",), "score_hidden": ("classifier",), "factorised": ("free-copy",),
-                  "dim": ("seq2seq", "classifier", "free-copy")}
+                  "dim": ("seq2seq", "classifier", "free-copy", "rnn-seq2seq", "rnn-classifier"),
+                  "encoder": ("rnn-seq2seq", "rnn-classifier"), "hidden": ("rnn-seq2seq", "rnn-classifier")}
 _TASK_OPTIONS = {"mode": ("copy",), "vocab": ("copy", "keyword", "translation"),
                  "length": ("copy", "keyword", "translation"), "target_vocab": ("translation",),
                  "n_classes": ("keyword",), "data": ("text-classification",),
@@ -165,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--factorised: rank of M = Wo E^T (default: V)")
     g.add_argument("--heads", type=_int_at_least(1), default=None,
                    help="seq2seq: number of attention heads, contexts averaged (default: 1)")
+    g.add_argument("--encoder", choices=("lstm", "gru"), default=None,
+                   help="rnn-seq2seq/rnn-classifier: recurrent cell of encoder and decoder (default: lstm)")
+    g.add_argument("--hidden", type=_int_at_least(1), default=None,
+                   help="rnn-seq2seq/rnn-classifier: hidden units per direction (default: dim // 2)")
     g.add_argument("--score-hidden", type=_int_at_least(1), default=None,
                    help="classifier: hidden units of a one-layer attention score function "
                         "(default: none, the linear score u . h)")
@@ -248,7 +257,7 @@ def _check_combination(args, parser) -> None:
         path = getattr(args, dest)
         if path is not None and not path.is_file():
             parser.error(f"--{dest.replace('_', '-')}: no such file: {path}")
-    if args.init_scale == 0 and args.model in ("seq2seq", "classifier"):
+    if args.init_scale == 0 and args.model in ("seq2seq", "classifier", "rnn-seq2seq", "rnn-classifier"):
         parser.error(f"--init-scale must be > 0 for --model {args.model}")
 
 
@@ -287,6 +296,14 @@ def _build_model(args, task, rng: np.random.Generator):
     if args.model == "classifier":
         return AttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=_option(args, "dim"),
                      score_hidden=args.score_hidden, uniform=args.uniform, rng=rng, **init)
+    if args.model == "rnn-seq2seq":
+        return RecurrentSeq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
+                                         task.target_length, dim=_option(args, "dim"), hidden=args.hidden,
+                                         encoder=args.encoder or "lstm", uniform=args.uniform, rng=rng, **init)
+    if args.model == "rnn-classifier":
+        return RecurrentAttentionClassifier(task.input_vocab_size, task.output_vocab_size, dim=_option(args, "dim"),
+                                            hidden=args.hidden, encoder=args.encoder or "lstm",
+                                            uniform=args.uniform, rng=rng, **init)
     if args.model == "free-copy":
         return FreeAttentionCopyModel(task.length, task.vocab, factorised=args.factorised, dim=args.dim,
                      uniform=args.uniform, rng=rng, **init)

@@ -86,6 +86,11 @@ COMBINATIONS = [
     ["--model", "free-copy", "--vocab", "5", "--length", "5", "--mode", "permutation", "--factorised",
      "--dim", "3"],
     ["--model", "toy", "--optimizer", "sgd", "--lr", "0.01"],
+    ["--model", "rnn-seq2seq", "--task", "copy", "--vocab", "6", "--length", "4", "--dim", "8"],
+    ["--model", "rnn-seq2seq", "--task", "translation", "--vocab", "8", "--length", "3", "--dim", "8",
+     "--encoder", "gru", "--hidden", "3"],
+    ["--model", "rnn-classifier", "--task", "keyword", "--vocab", "12", "--length", "5", "--dim", "8",
+     "--encoder", "lstm"],
 ]
 
 
