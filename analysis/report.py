@@ -4,7 +4,7 @@ Usage::
 
     python -m analysis.report [--results results] [--out REPORT.md]
 
-For every registered experiment (:data:`analysis.experiments.EXPERIMENTS`) the report reads
+For every registered experiment (:data:`analysis.experiments.registry.EXPERIMENTS`) the report reads
 ``<results>/<id>/summary.json`` (written by :func:`analysis.experiments.framework.compute`) and
 the figures ``<results>/figures/<id>_*.png``, and writes a section with: the profile, the exact
 command, the run time and git revision (all from the file's metadata), the description and notes,
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from analysis.claims import VERDICTS, Claim, claim_from_dict
-from analysis.experiments import EXPERIMENTS, ExperimentInfo
+from analysis.experiments.registry import EXPERIMENTS, ExperimentInfo
 from analysis.store import results_root
 from miniattn.io import atomic_write_text
 
@@ -207,7 +207,7 @@ def render_report(results: str | os.PathLike | None = None, report_dir: str | os
                   experiments: Sequence[ExperimentInfo] | None = None) -> str:
     """The whole report as a markdown string (links relative to ``report_dir``)."""
     if experiments is None:
-        from analysis import experiments as registry
+        from analysis.experiments import registry
         experiments = registry.EXPERIMENTS
     results = results_root(results)
     report_dir = Path(report_dir)

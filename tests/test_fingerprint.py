@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.experiments import EXPERIMENTS
+from analysis.experiments.registry import EXPERIMENTS
 from analysis.fingerprint import PRESENTATION_MODULES, fingerprint, module_closure, module_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,3 +210,11 @@ def test_make_deps_lists_every_experiment_and_existing_files():
         expected = [module_path(m).relative_to(REPO).as_posix() for m in module_closure(e.module)]
         assert files == expected
         assert variables[f"REPRO_MODULE_{e.id}"] == e.module
+
+
+def test_the_registry_is_in_no_experiments_code():
+    """Registering an experiment (editing the registry) must not recompute the others."""
+    for e in EXPERIMENTS:
+        closure = module_closure(e.module)
+        assert "analysis.experiments.registry" not in closure, e.module
+        assert "analysis.experiments.framework" not in closure, e.module

@@ -1,7 +1,7 @@
 """Tests of the experiment driver (analysis.experiments.framework), its command line and the report,
 on a fake experiment whose functions live in this test module.
 
-The fake is registered by monkeypatching the registry (``analysis.experiments.EXPERIMENTS``) and
+The fake is registered by monkeypatching the registry (``analysis.experiments.registry.EXPERIMENTS``) and
 ``sys.modules``; its code fingerprint is a string the tests control (``framework.fingerprint`` is
 monkeypatched), since the fake is not a project module.
 """
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import analysis.experiments as registry
+import analysis.experiments.registry as registry
 from analysis import report as R
 from analysis.claims import at_least, at_most, check_claim, claim_from_dict, rate_claim
-from analysis.experiments import ExperimentInfo, framework
+from analysis.experiments import framework
+from analysis.experiments.registry import ExperimentInfo
 from analysis.experiments import __main__ as cli
 from analysis.store import ResultStore, StoredRun
 from analysis.sweep import SerialExecutor, spawn_seed_records, spec

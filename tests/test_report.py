@@ -12,7 +12,7 @@ import pytest
 
 from analysis import report as R
 from analysis.claims import at_least, at_most, check_claim, mean_claim, rate_claim, within
-from analysis.experiments import EXPERIMENTS
+from analysis.experiments.registry import EXPERIMENTS
 from analysis.store import ResultStore
 
 

@@ -1,40 +1,11 @@
-"""The experiments E1-E7 of the reproduction, one module each, and their registry (the only one).
+"""The experiments of the reproduction, one module each (E1-E8).
 
 Each module defines ``runs(profile)``, ``run(config)``, ``claims(results)`` and ``figures(results)``
-(see :mod:`analysis.experiments.framework`, which computes, stores and plots them). The command line
-is ``python -m analysis.experiments {compute,plot,all} <id>``; ``make reproduce`` reads this registry
-through ``python -m analysis.experiments make-deps``. ``REPORT.md`` is built from the result files by
-:mod:`analysis.report`.
+(see :mod:`analysis.experiments.framework`, which computes, stores and plots them); the list of
+experiments is :mod:`analysis.experiments.registry`. The command line is
+``python -m analysis.experiments {compute,plot,all} <id>``. ``REPORT.md`` is built from the result
+files by :mod:`analysis.report`.
+
+This file holds no code on purpose: every experiment module imports it (as its package), so its
+code is part of every experiment's fingerprint.
 """
-
-from __future__ import annotations
-
-from typing import NamedTuple
-
-__all__ = ["ExperimentInfo", "EXPERIMENTS"]
-
-
-class ExperimentInfo(NamedTuple):
-    """Registry entry: id (results directory), module name, and the title used in the report."""
-
-    id: str
-    module: str
-    title: str
-
-
-EXPERIMENTS: tuple[ExperimentInfo, ...] = (
-    ExperimentInfo("e1", "analysis.experiments.e1_toy",
-                   "E1 - Toy gated classifier: closed form vs simulated gradient descent"),
-    ExperimentInfo("e2", "analysis.experiments.e2_two_stages",
-                   "E2 - Two stages: KTIW first, attention later"),
-    ExperimentInfo("e3", "analysis.experiments.e3_agreement",
-                   "E3 - Agreement between attention, KTIW probes and saliency"),
-    ExperimentInfo("e4", "analysis.experiments.e4_copy",
-                   "E4 - Copying permutations vs subsets"),
-    ExperimentInfo("e5", "analysis.experiments.e5_phase",
-                   "E5 - Phase diagram: vocabulary size and init scale"),
-    ExperimentInfo("e6", "analysis.experiments.e6_multihead",
-                   "E6 - Multi-head rescue of the permutation task"),
-    ExperimentInfo("e7", "analysis.experiments.e7_reduced_vs_sim",
-                   "E7 - Reduced ODE vs full simulation"),
-)

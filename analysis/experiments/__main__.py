@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from analysis.experiments import EXPERIMENTS
+from analysis.experiments.registry import EXPERIMENTS
 
 
 def _make_deps() -> str:

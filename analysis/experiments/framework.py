@@ -1,6 +1,6 @@
 """The experiment driver: an experiment is four small functions, the driver does the rest.
 
-An experiment module (registered in :data:`analysis.experiments.EXPERIMENTS`) defines::
+An experiment module (registered in :data:`analysis.experiments.registry.EXPERIMENTS`) defines::
 
     runs(profile)      -> list[RunSpec]     what to run (sizes, seeds) under a profile
     run(config)        -> dict              one run (module level, so process workers can pickle it)
@@ -111,7 +111,7 @@ class Results:
 
 def experiment_info(experiment: str):
     """The registry entry of an experiment id (``e4``) or module name."""
-    from analysis.experiments import EXPERIMENTS
+    from analysis.experiments.registry import EXPERIMENTS
     for info in EXPERIMENTS:
         if experiment in (info.id, info.module):
             return info
