@@ -38,8 +38,10 @@ include reproduce.mk
 reproduce: ## regenerate every result, figure and REPORT.md (QUICK=1 smoke run, FULL=1 paper scale)
 
 TORCH_REQUIREMENT ?= torch==2.13.0
+JAX_REQUIREMENT ?= jax[cpu]==0.10.2
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet '$(TORCH_REQUIREMENT)' || echo "PyTorch could not be installed: benchmarks will time NumPy alone"
+	$(PY) -m pip install --quiet '$(JAX_REQUIREMENT)' || echo "JAX could not be installed: benchmarks will skip the JAX peer"
 	touch $@
 
 bench: $(VENV)/.bench-installed ## run the speed benchmarks (installs the optional PyTorch extra)

@@ -65,6 +65,8 @@ def blas_threads() -> int | None:
 def set_threads(n: int) -> dict:
     """Use ``n`` threads in NumPy's BLAS and in PyTorch (if installed); return what each reports.
 
+    JAX's XLA thread pool is fixed when JAX is imported: see :func:`benchmarks.jax_seq2seq.configure_threads`.
+
     Parameters
     ----------
     n : int >= 1
@@ -88,13 +90,15 @@ def set_threads(n: int) -> dict:
 
 
 def thread_report() -> dict:
-    """Threads currently used by NumPy's BLAS and by PyTorch (None where unavailable)."""
+    """Threads currently used by NumPy's BLAS, by PyTorch and by XLA for JAX (None where unavailable;
+    XLA's count is the one configured before JAX was imported, None if it has not been)."""
     try:
         import torch
         torch_threads = int(torch.get_num_threads())
     except ImportError:
         torch_threads = None
-    return {"numpy_blas": blas_threads(), "torch": torch_threads}
+    from benchmarks.jax_seq2seq import jax_threads
+    return {"numpy_blas": blas_threads(), "torch": torch_threads, "jax": jax_threads()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,6 +195,7 @@ def machine_info() -> dict:
     except OSError:
         load = None
     import scipy
+    from benchmarks.jax_seq2seq import jax_version
     from benchmarks.torch_seq2seq import torch_version
     blas = None
     try:
@@ -202,4 +207,4 @@ def machine_info() -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": cpu, "cores": os.cpu_count(), "loadavg": load, "python": platform.python_version(),
             "numpy": np.__version__, "scipy": scipy.__version__, "blas": blas, "torch": torch_version(),
-            "threads": thread_report(), "git": git_revision()}
+            "jax": jax_version(), "threads": thread_report(), "git": git_revision()}

@@ -13,6 +13,11 @@ NumPy forward/backward pass with a framework on the same CPU, thread count and d
     logits = [q ; c] W_o + b                                (B, T, C)
     loss   = mean over counted (b, t) of −log softmax(logits)[y]
 
+With H heads (``score`` (H, d, d), ``value`` (H, d, d) or absent = identity) every head h has its
+own scores ``(q W_a^h) hᵀ`` and values ``h W_v^h``, and the contexts are averaged::
+
+    c = (1/H) Σ_h softmax_S((q W_a^h) hᵀ) (h W_v^h)         (H, B, T, S) scores, no loop over heads
+
 The twin starts from a copy of the NumPy model's parameters (:meth:`TorchSeq2Seq.from_numpy`), so
 that loss, every gradient and one Adam step can be compared number by number before anything is
 timed (``benchmarks.step_speed.check_equivalence``).
@@ -63,15 +68,18 @@ class TorchBatch(NamedTuple):
 
 
 class TorchSeq2Seq:
-    """Single-head attention-only seq2seq model in PyTorch eager mode, parameters as leaf tensors.
+    """Attention-only seq2seq model (one head or H averaged heads) in PyTorch eager mode, parameters
+    as leaf tensors.
 
     Parameters
     ----------
     params : dict of name -> numpy float array
         Names and shapes as in :class:`~miniattn.models.seq2seq.Seq2SeqAttention` (``"embed"`` or
-        ``"src_embed"``/``"tgt_embed"``, ``"src_pos"``, ``"tgt_pos"``, ``"score"`` (d, d),
-        optional ``"value"`` (d, d), ``"out_W"`` (2d, C), ``"out_b"`` (C,)). Copied; the dtype is
-        kept (float32 or float64).
+        ``"src_embed"``/``"tgt_embed"``, ``"src_pos"``, ``"tgt_pos"``, ``"score"`` (d, d) or
+        (H, d, d), optional ``"value"`` of the same shape, ``"out_W"`` (2d, C), ``"out_b"`` (C,)).
+        Copied; the dtype is kept (float32 or float64). A 3-d ``"score"`` makes the multi-head
+        model (even with H = 1), as :class:`~miniattn.models.seq2seq.Seq2SeqAttention` does for
+        ``heads > 1``.
     uniform : bool
         Uniform-attention twin (scores forced to 0; ``"score"`` gets a zero gradient).
 
@@ -90,25 +98,34 @@ class TorchSeq2Seq:
         if missing or not ({"embed"} <= set(params) or {"src_embed", "tgt_embed"} <= set(params)):
             raise ValueError(f"params lacks {sorted(missing) or 'an embedding table'}; expected the names "
                              "of Seq2SeqAttention.params")
-        if np.ndim(params["score"]) != 2:
-            raise ValueError(f"the twin is single-head: params['score'] must be (d, d), got shape "
-                             f"{np.shape(params['score'])}")
+        score_shape = np.shape(params["score"])
+        if len(score_shape) not in (2, 3) or score_shape[-1] != score_shape[-2]:
+            raise ValueError(f"params['score'] must be (d, d) (one head) or (H, d, d) (heads), got shape "
+                             f"{score_shape}")
+        if "value" in params and np.shape(params["value"]) != score_shape:
+            raise ValueError(f"params['value'] must have the shape of params['score'] {score_shape}, "
+                             f"got {np.shape(params['value'])}")
         dtypes = {np.asarray(p).dtype for p in params.values()}
         if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
         self.uniform = bool(uniform)
         self.shared_embeddings = "embed" in params
         self.value_projection = "value" in params
-        self.dim = int(np.shape(params["score"])[0])
+        self.dim = int(score_shape[-1])
+        self.multihead = len(score_shape) == 3
+        self.heads = int(score_shape[0]) if self.multihead else 1
         # A copy (torch.tensor copies), so stepping the twin never moves the NumPy model.
         self.params = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in params.items()}
 
     @classmethod
     def from_numpy(cls, model) -> "TorchSeq2Seq":
-        """Twin of a single-head :class:`~miniattn.models.seq2seq.Seq2SeqAttention`, same parameters."""
-        if getattr(model, "heads", 1) != 1:
-            raise ValueError(f"the twin is single-head; model.heads = {model.heads}")
-        return cls(model.params, uniform=model.uniform)
+        """Twin of a :class:`~miniattn.models.seq2seq.Seq2SeqAttention` (any number of heads), same
+        parameters."""
+        twin = cls(model.params, uniform=model.uniform)
+        if twin.heads != getattr(model, "heads", 1):
+            raise ValueError(f"model.heads = {model.heads} but params['score'] has shape "
+                             f"{np.shape(model.params['score'])}")
+        return twin
 
     # ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -129,16 +146,37 @@ class TorchSeq2Seq:
         S, T = tb.source.shape[1], tb.target_in.shape[1]
         h = F.embedding(tb.source, src_table) + p["src_pos"][:S]
         q = F.embedding(tb.target_in, tgt_table) + p["tgt_pos"][:T]
-        if self.uniform:
-            scores = torch.zeros(q.shape[0], T, S, dtype=q.dtype)
+        if self.multihead:
+            context = self._multihead_context(q, h, tb.source_mask)
         else:
-            scores = torch.matmul(q @ p["score"], h.transpose(1, 2))
-        scores = scores.masked_fill(~tb.source_mask[:, None, :], float("-inf"))
-        alpha = F.softmax(scores, dim=-1)
-        values = h @ p["value"] if self.value_projection else h
-        context = torch.bmm(alpha, values)
+            if self.uniform:
+                scores = torch.zeros(q.shape[0], T, S, dtype=q.dtype)
+            else:
+                scores = torch.matmul(q @ p["score"], h.transpose(1, 2))
+            scores = scores.masked_fill(~tb.source_mask[:, None, :], float("-inf"))
+            alpha = F.softmax(scores, dim=-1)
+            values = h @ p["value"] if self.value_projection else h
+            context = torch.bmm(alpha, values)
         logits = F.linear(torch.cat([q, context], dim=-1), p["out_W"].t(), p["out_b"])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tb.targets, ignore_index=-100)
+
+    def _multihead_context(self, q, h, source_mask):
+        """``(1/H) Σ_h softmax((q W_a^h) hᵀ) (h W_v^h)``, all heads in one batched product each."""
+        p = self.params
+        B, T, d = q.shape
+        S = h.shape[1]
+        H = self.heads
+        if self.uniform:
+            scores = torch.zeros(H, B, T, S, dtype=q.dtype)
+        else:
+            projected = torch.matmul(q.reshape(B * T, d), p["score"]).reshape(H, B, T, d)   # H GEMMs
+            scores = torch.matmul(projected, h.transpose(1, 2))          # (H, B, T, S), h broadcast
+        scores = scores.masked_fill(~source_mask[None, :, None, :], float("-inf"))
+        alpha = F.softmax(scores, dim=-1)
+        if self.value_projection:
+            values = torch.matmul(h.reshape(B * S, d), p["value"]).reshape(H, B, S, d)
+            return torch.matmul(alpha, values).mean(dim=0)
+        return torch.matmul(alpha, h).mean(dim=0)
 
     def loss_and_grads(self, tb: TorchBatch) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients as NumPy arrays (for the equivalence check, not for timing)."""

@@ -2,8 +2,9 @@
 
 They check that the benchmark code computes the right things — the PyTorch twin is the same model,
 the timing helpers time what they are given, the slope fit recovers a known exponent, the FLOP count
-is the sum of the matmuls it names, every section of ``run_all`` runs and writes its files — and
-never assert anything about how long something took. PyTorch parts are skipped without PyTorch.
+is the sum of the matmuls it names (and what PyTorch's FLOP counter counts), the JAX twin is the same
+model, every section of ``run_all`` runs and writes its files — and never assert anything about how
+long something took. PyTorch and JAX parts are skipped without PyTorch or JAX.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ except ImportError:   # plain `pytest` from elsewhere: the repository root is th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (blas_threads, set_threads, summarize, thread_report, time_interleaved)
-from benchmarks import prediction_cost, run_all, scaling, step_speed
+from benchmarks import jax_seq2seq, prediction_cost, roofline, run_all, scaling, step_speed
 from benchmarks.torch_seq2seq import TorchSeq2Seq, torch_available
 from miniattn.batch import Seq2SeqBatch
 from miniattn.models.seq2seq import Seq2SeqAttention
@@ -134,6 +135,53 @@ def test_step_flops_is_the_sum_of_the_step_matmuls(B, T, S, d, C):
     assert scaling.step_flops(B, T, S, d, C) == sum(2 * m * k * n for m, k, n in mm)
 
 
+@given(st.integers(1, 16), st.integers(1, 20), st.integers(1, 20), st.integers(1, 32), st.integers(2, 40),
+       st.integers(1, 8), st.booleans())
+def test_roofline_step_flops_is_the_sum_of_the_step_matmuls(B, T, S, d, C, H, vp):
+    per_head = [(B * T, d, d), (B * T, d, d), (d, B * T, d),          # q W_a, dq, dW_a
+                (B * T, d, S), (B * T, S, d),                          # scores, context
+                (B * S, T, d), (B * T, d, S), (B * S, T, d), (B * T, S, d)]   # dV, dα, dK, d(q W_a)
+    if vp:
+        per_head += [(B * S, d, d), (B * S, d, d), (d, B * S, d)]     # h W_v, dh, dW_v
+    out = [(B * T, 2 * d, C), (B * T, C, 2 * d), (2 * d, B * T, C)]
+    expected = H * sum(2 * m * k * n for m, k, n in per_head) + sum(2 * m * k * n for m, k, n in out)
+    assert roofline.step_flops(B, T, S, d, C, heads=H, value_projection=vp) == expected
+    if H == 1 and not vp:
+        assert roofline.step_flops(B, T, S, d, C) == scaling.step_flops(B, T, S, d, C)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_roofline_step_flops_matches_pytorch_flop_counter(heads):
+    pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    s = step_speed.make_setup(8, heads=heads, batch_size=3, length=4, vocab=6)
+    with FlopCounterMode(display=False) as counter:
+        s.twin.loss(s.twin_batch).backward()
+    B, S = s.batch.source.shape
+    T = s.batch.target_in.shape[1]
+    assert counter.get_total_flops() == roofline.step_flops(B, T, S, 8, 9, heads=heads)
+
+
+def test_roofline_rows_profile_and_gemm_rate_at_tiny_sizes(restore_threads):
+    rate = roofline.gemm_rate("float32", n=64, threads=1, reps=1)
+    assert rate.median > 0
+    t = step_speed.time_step(8, "float32", heads=2, reps=2, warmup=0, with_torch=False, batch_size=2, length=3,
+                             vocab=5)
+    rows = roofline.roofline_rows([t], {"float32": rate}, vocab=5)
+    assert rows[0]["flops"] == roofline.step_flops(2, 4, 4, 8, 8, heads=2)
+    assert rows[0]["numpy"]["fraction"] == pytest.approx(rows[0]["flops"] / t.numpy.median / 1e9 / rate.median)
+    assert rows[0]["torch"] is None and rows[0]["jax"] is None
+    assert "| 2 | float32 | 8 |" in roofline.format_roofline(rows, {"float32": rate})
+    p = roofline.profile_step(8, "float32", steps=2, batch_size=2, length=3, vocab=5, replay_reps=1,
+                              gemm_rate_gflops=rate.median)
+    names = [name for name, _ in p.phases]
+    assert "whole loss_and_grads" in names and "attention backward (6 GEMMs + softmax backward)" in names
+    assert len(p.gemm["gemms"]) == 12 and p.gemm["total"] > 0 and p.step_seconds > 0
+    assert "all 12 GEMMs" in roofline.format_profile(p)
+    with pytest.raises(ValueError, match="heads"):
+        roofline.step_flops(1, 1, 1, 1, 2, heads=0)
+
+
 def test_step_flops_rejects_bad_sizes():
     with pytest.raises(ValueError, match="dim"):
         scaling.step_flops(1, 1, 1, 0, 2)
@@ -186,13 +234,13 @@ def test_check_equivalence_tiny(dtype):
 
 @st.composite
 def twin_cases(draw):
-    """A small single-head model configuration and a padded batch for it."""
+    """A small model configuration (one head or several) and a padded batch for it."""
     B, S, T = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
     Vs, Vt = draw(st.integers(2, 6)), draw(st.integers(2, 6))
     shared = draw(st.booleans()) and Vs == Vt
     cfg = dict(dim=draw(st.integers(1, 6)), shared_embeddings=shared,
                value_projection=draw(st.booleans()), uniform=draw(st.booleans()),
-               init_scale=draw(st.sampled_from([None, 0.5, 2.0])))
+               init_scale=draw(st.sampled_from([None, 0.5, 2.0])), heads=draw(st.sampled_from([1, 1, 2, 3])))
     seed = draw(st.integers(0, 2 ** 32 - 1))
     rng = np.random.default_rng(seed)
     source_mask = rng.random((B, S)) < 0.7
@@ -232,8 +280,11 @@ def test_torch_twin_step_does_not_move_the_numpy_model():
 def test_torch_twin_rejects_what_it_does_not_model():
     pytest.importorskip("torch")
     multi = Seq2SeqAttention(5, 5, 3, 3, dim=4, heads=2, rng=np.random.default_rng(0))
-    with pytest.raises(ValueError, match="single-head"):
-        TorchSeq2Seq.from_numpy(multi)
+    assert TorchSeq2Seq.from_numpy(multi).heads == 2
+    with pytest.raises(ValueError, match="value"):
+        TorchSeq2Seq(dict(multi.params, value=multi.params["value"][0]))
+    with pytest.raises(ValueError, match="score"):
+        TorchSeq2Seq(dict(multi.params, score=np.zeros((2, 4, 3))))
     with pytest.raises(ValueError, match="params"):
         TorchSeq2Seq({"score": np.eye(2)})
     model = Seq2SeqAttention(5, 5, 3, 3, dim=4, rng=np.random.default_rng(0))
@@ -247,6 +298,87 @@ def test_time_step_with_torch_reports_the_ratio():
     t = step_speed.time_step(4, "float32", reps=2, warmup=0, batch_size=2, length=3, vocab=5)
     assert t.torch.n == 2 and t.ratio.n == 2 and t.ratio.median > 0
     assert "| float32 | 4 |" in step_speed.format_table({"timings": [t], "equivalence": [], "torch": True})
+
+
+def test_time_step_multihead_with_torch():
+    pytest.importorskip("torch")
+    e = step_speed.check_equivalence(8, "float64", heads=3, batch_size=3, length=4, vocab=6)
+    assert e.ok and e.heads == 3 and "value" in e.grad_err, e
+    t = step_speed.time_step(4, "float32", heads=2, reps=2, warmup=0, batch_size=2, length=3, vocab=5)
+    assert t.heads == 2 and t.ratio.n == 2 and t.jax is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The JAX twin
+# --------------------------------------------------------------------------------------------------
+
+def _need_jax():
+    if not jax_seq2seq.jax_available():
+        pytest.skip(f"JAX not available: {jax_seq2seq.jax_unavailable_reason()}")
+
+
+@pytest.mark.parametrize("heads, dtype", [(1, "float64"), (2, "float32")])
+def test_jax_twin_equivalence_tiny(heads, dtype):
+    _need_jax()
+    e = step_speed.check_equivalence(8, dtype, framework="jax", heads=heads, batch_size=3, length=4, vocab=6)
+    assert e.ok and e.framework == "jax", e
+    assert e.loss_numpy == pytest.approx(e.loss_torch, rel=1e-12 if dtype == "float64" else 1e-5)
+
+
+@pytest.mark.parametrize("cfg", [dict(heads=1, value_projection=True, shared_embeddings=False),
+                                 dict(heads=1, uniform=True), dict(heads=2, value_projection=False),
+                                 dict(heads=3, uniform=True, shared_embeddings=False)])
+def test_jax_twin_matches_numpy_on_a_padded_batch(cfg):
+    _need_jax()
+    from miniattn.optim import Adam
+    rng = np.random.default_rng(1)
+    B, S, T, V = 3, 5, 4, 6
+    source_mask = rng.random((B, S)) < 0.6
+    source_mask[:, 0] = True
+    target_mask = rng.random((B, T)) < 0.7
+    target_mask[0, 0] = True
+    batch = Seq2SeqBatch(rng.integers(0, V, (B, S)), source_mask, rng.integers(0, V, (B, T)),
+                         np.where(target_mask, rng.integers(0, V, (B, T)), 0), target_mask)
+    model = Seq2SeqAttention(V, V, S, T, dim=4, rng=np.random.default_rng(2), **cfg)
+    twin = jax_seq2seq.JaxSeq2Seq.from_numpy(model)
+    jb = twin.batch(batch)
+    loss_np, grads_np = model.loss_and_grads(batch)
+    loss_j, grads_j = twin.loss_and_grads(jb)
+    assert loss_j == pytest.approx(loss_np, rel=1e-12)
+    for k in grads_np:
+        np.testing.assert_allclose(grads_j[k], grads_np[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    Adam(model.params).step(grads_np)
+    twin.step(jb)
+    for k, v in twin.numpy_params().items():
+        np.testing.assert_allclose(v, model.params[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_jax_time_step_and_thread_configuration():
+    _need_jax()
+    t = step_speed.time_step(4, "float32", heads=2, reps=2, warmup=0, with_torch=False, with_jax=True,
+                             batch_size=2, length=3, vocab=5)
+    assert t.jax.n == 2 and t.ratio_jax.median > 0 and t.torch is None
+    assert "not installed" in step_speed.format_table({"timings": [t], "equivalence": []})
+    assert jax_seq2seq.configure_threads(1) is False      # JAX is imported: XLA's flags are fixed
+    with pytest.raises(ValueError, match="threads"):
+        jax_seq2seq.configure_threads(0)
+    with pytest.raises(ValueError, match="score"):
+        jax_seq2seq.JaxSeq2Seq({"embed": np.zeros((3, 2)), "src_pos": np.zeros((2, 2)), "tgt_pos": np.zeros((2, 2)),
+                                "score": np.zeros((2, 3)), "out_W": np.zeros((4, 3)), "out_b": np.zeros(3)})
+
+
+def test_step_speed_says_when_jax_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(jax_seq2seq, "_STATE", {"module": None, "tried": True, "error": "ImportError: no jax",
+                                                "threads": None})
+    assert not jax_seq2seq.jax_available()
+    with pytest.raises(ImportError, match="JAX"):
+        step_speed.check_equivalence(4, framework="jax", batch_size=2, length=3, vocab=5)
+    res = step_speed.run([4], ["float64"], heads=[1, 2], reps=1, warmup=0, with_torch=False, with_jax=True,
+                         batch_size=2, length=3, vocab=5)
+    assert not res["jax"] and res["jax_missing"] == "ImportError: no jax"
+    assert "JAX is not available (ImportError: no jax)" in capsys.readouterr().out
+    assert "ImportError: no jax" in step_speed.format_table(res)
+    assert [t.heads for t in res["timings"]] == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,16 +399,21 @@ def test_prediction_cost_tiny():
 
 def test_run_all_quick_writes_tables_and_json(tmp_path, restore_threads, capsys):
     md, js = tmp_path / "bench.md", tmp_path / "bench.json"
-    args = ["--quick", "--threads", "1", "--markdown", str(md), "--json", str(js)]
+    # JAX is left out here (its compilations would dominate); the JAX tests above cover its code paths.
+    args = ["--quick", "--threads", "1", "--no-jax", "--markdown", str(md), "--json", str(js)]
     if not torch_available():
         args.append("--no-torch")
     assert run_all.main(args) == 0
     text = md.read_text()
-    for heading in ("## Machine", "## Training step", "## Scaling", "## Cost of the analytic prediction"):
+    for heading in ("## Machine", "## Training step", "## Roofline", "## Scaling", "## Cost of the analytic prediction"):
         assert heading in text
     raw = json.loads(js.read_text())
     assert raw["machine"]["threads"]["numpy_blas"] in (1, None)
-    assert len(raw["speed"]["timings"]) == 4          # 2 dtypes x 2 widths
+    assert len(raw["speed"]["timings"]) == 8          # 2 head counts x 2 dtypes x 2 widths
+    assert {t["heads"] for t in raw["speed"]["timings"]} == {1, 2}
     assert all(e["ok"] for e in raw["speed"]["equivalence"])
+    assert len(raw["roofline"]["cells"]) == 8 and all(c["numpy"]["fraction"] > 0 for c in raw["roofline"]["cells"])
+    assert raw["roofline"]["profile"]["gemm"]["total"] > 0
+    assert "all 12 GEMMs" in text
     assert {s["axis"] for s in raw["scaling"]["scans"]} == {"B", "L", "d", "L (attention)"}
     assert "QUICK" in capsys.readouterr().out
