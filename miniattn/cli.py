@@ -325,6 +325,47 @@ def _format_record(record: dict) -> str:
     return "  ".join(parts)
 
 
+#: Options that may differ between a run and its resumption: they change neither its data, its model
+#: nor its arithmetic (``--steps`` extends or confirms a run; the rest are output and bookkeeping).
+_RESUMABLE_DIFFERENCES = {"steps", "quiet", "out", "fresh", "checkpoint_every", "command", "seed_streams"}
+
+
+def _option_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_run_directory(args, config: dict, parser) -> None:
+    """Refuse an ``--out`` that is not this run's directory: a file, a foreign directory, or a run of
+    other options (unless ``--fresh`` asks to start that run over)."""
+    out = args.out
+    if out is None or not out.exists():
+        return
+    if not out.is_dir():
+        parser.error(f"--out: {out} is a file, not a directory")
+    meta_path = out / CONFIG_NAME
+    if not meta_path.exists():
+        if any(out.iterdir()):
+            parser.error(f"--out: {out} is not empty and is not a miniattn run (no {CONFIG_NAME}); "
+                         "choose an empty or new directory")
+        return
+    try:
+        stored = io.read_json(meta_path)["config"]["run"]
+        if not isinstance(stored, dict):
+            raise TypeError("not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--out: {meta_path} is not a readable miniattn run config ({err}); "
+                     "choose another directory")
+    if args.fresh:
+        return
+    current = json.loads(io.dumps_json(config))
+    differ = sorted(k for k in set(stored) | set(current)
+                    if k not in _RESUMABLE_DIFFERENCES and stored.get(k) != current.get(k))
+    if differ:
+        what = ", ".join(f"{_option_name(k)} {stored.get(k)!r} (this command: {current.get(k)!r})" for k in differ)
+        parser.error(f"--out: {out} holds a run with other options: {what}; "
+                     "rerun with those options to resume, add --fresh to start it over, or choose another --out")
+
+
 def _run_train(args, parser) -> int:
     _check_combination(args, parser)
     root = np.random.SeedSequence(args.seed)
@@ -341,6 +382,7 @@ def _run_train(args, parser) -> int:
     optimizer = make_optimizer(args.optimizer, model.params, **opt_kwargs)
     config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config["seed_streams"] = "SeedSequence(seed).spawn(3): model init, task, training"
+    _check_run_directory(args, config, parser)
     try:
         history = train(model, task, optimizer, steps=args.steps, batch_size=args.batch_size,
                         seed=train_ss, eval_every=args.eval_every, eval_size=args.eval_size,

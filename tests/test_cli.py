@@ -145,8 +145,8 @@ def test_same_seed_same_run_and_resume_extends_exactly(tmp_path, capsys):
         other = _params(tmp_path / name)
         for k, v in _params(tmp_path / "a").items():
             assert v.tobytes() == other[k].tobytes(), (name, k)
-    # A different seed is a different run; --fresh starts over.
-    assert run([*SMALL_COPY, "--steps", "6", "--seed", "1", "--out", str(tmp_path / "a")], capsys)[0] == 1
+    # A different seed is a different run: refused as a usage error naming the option; --fresh starts over.
+    assert run([*SMALL_COPY, "--steps", "6", "--seed", "1", "--out", str(tmp_path / "a")], capsys)[0] == 2
     status, _, _ = run([*SMALL_COPY, "--steps", "6", "--seed", "1", "--fresh", "--out", str(tmp_path / "a")],
                        capsys)
     assert status == 0 and (tmp_path / "a" / METRICS_NAME).read_bytes() != metrics["b"]
@@ -277,3 +277,62 @@ def test_text_tasks_evaluate_on_the_held_out_split(held_out, tmp_path, capsys, m
         assert isinstance(task, ParallelDataset)
     else:
         assert isinstance(task, HeldOutSplit) and len(task.held_out_indices) == 5  # 25% of 20 lines
+
+
+COPY = ["train", "--model", "seq2seq", "--task", "copy", "--vocab", "6", "--length", "4", "--dim", "8"]
+
+
+@pytest.mark.parametrize("change,named", [
+    (["--vocab", "7"], "--vocab 6 (this command: 7)"),
+    (["--task", "translation"], "--task 'copy' (this command: 'translation')"),
+    (["--optimizer", "sgd"], "--optimizer 'adam' (this command: 'sgd')"),
+    (["--seed", "4"], "--seed 3 (this command: 4)"),
+    (["--uniform"], "--uniform False (this command: True)"),
+])
+def test_resume_with_other_options_is_refused_naming_the_option(change, named, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*COPY, *TINY, "--out", str(out)], capsys)[0] == 0
+    before = (out / CONFIG_NAME).read_text()
+    argv = [*COPY, *TINY, "--out", str(out)]
+    for i in range(0, len(change), 2):
+        flag = change[i]
+        if flag in argv:
+            argv[argv.index(flag) + 1] = change[i + 1]
+        else:
+            argv += change[i:i + 2]
+    status, _, err = run(argv, capsys)
+    assert status == 2 and named in err and "--fresh" in err
+    assert (out / CONFIG_NAME).read_text() == before           # nothing was touched
+    status, _, err = run([*argv, "--fresh"], capsys)            # --fresh starts that run over
+    assert status == 0, err
+    stored = io.read_json(out / CONFIG_NAME)["config"]["run"]
+    assert {k: stored[k] for k in ("vocab", "task", "optimizer", "seed", "uniform")} != \
+        {k: json.loads(before)["config"]["run"][k] for k in ("vocab", "task", "optimizer", "seed", "uniform")}
+
+
+def test_resume_may_extend_the_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*COPY, *TINY, "--out", str(out)], capsys)[0] == 0
+    argv = [*COPY, *TINY, "--out", str(out)]
+    argv[argv.index("--steps") + 1] = "6"
+    status, stdout, err = run(argv, capsys)
+    assert status == 0, err
+    assert "step 6" in stdout
+
+
+def test_out_that_is_a_file_or_a_foreign_directory_is_refused(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    status, _, err = run([*COPY, *TINY, "--out", str(afile)], capsys)
+    assert status == 2 and "is a file" in err and afile.read_text() == "x"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for extra in ([], ["--fresh"]):
+        status, _, err = run([*COPY, *TINY, "--out", str(foreign), *extra], capsys)
+        assert status == 2 and "not a miniattn run" in err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / CONFIG_NAME).write_text("{truncated")
+    status, _, err = run([*COPY, *TINY, "--out", str(tmp_path / "bad")], capsys)
+    assert status == 2 and "not a readable miniattn run config" in err
