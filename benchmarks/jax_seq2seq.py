@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks.torch_seq2seq import check_twin_params
+
 __all__ = ["configure_threads", "jax_threads", "jax_available", "jax_version", "JaxBatch", "JaxSeq2Seq"]
 
 _STATE = {"module": None, "tried": False, "error": None, "threads": None}
@@ -174,20 +176,7 @@ class JaxSeq2Seq:
                  betas=(0.9, 0.999), eps: float = 1e-8):
         jax = _require_jax()
         jnp = jax.numpy
-        if not isinstance(params, dict) or not params:
-            raise TypeError("params must be a non-empty dict of name -> numpy array")
-        needed = {"src_pos", "tgt_pos", "score", "out_W", "out_b"}
-        missing = needed - set(params)
-        if missing or not ({"embed"} <= set(params) or {"src_embed", "tgt_embed"} <= set(params)):
-            raise ValueError(f"params lacks {sorted(missing) or 'an embedding table'}; expected the names "
-                             "of Seq2SeqAttention.params")
-        dtypes = {np.asarray(v).dtype for v in params.values()}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
-        self.dtype = next(iter(dtypes))
-        score_shape = np.shape(params["score"])
-        if len(score_shape) not in (2, 3) or score_shape[-1] != score_shape[-2]:
-            raise ValueError(f"params['score'] must be (d, d) or (H, d, d), got shape {score_shape}")
+        score_shape, self.dtype = check_twin_params(params)
         self.multihead = len(score_shape) == 3
         self.heads = int(score_shape[0]) if self.multihead else 1
         self.names = list(params)

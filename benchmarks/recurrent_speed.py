@@ -63,6 +63,7 @@ from typing import NamedTuple
 import numpy as np
 
 from benchmarks import Summary, set_threads, summarize, thread_report, time_interleaved
+from benchmarks.torch_seq2seq import TorchBatch, TorchSeq2Seq
 from miniattn.models.rnn_seq2seq import RecurrentSeq2SeqAttention
 from miniattn.optim import Adam
 from miniattn.recurrent import LSTMParams, bilstm_backward, bilstm_forward
@@ -232,13 +233,6 @@ def _torch_layer(s: LayerSetup):
 # (b) The recurrent seq2seq model and its PyTorch twin
 # --------------------------------------------------------------------------------------------------
 
-class TorchBatch(NamedTuple):
-    source: "torch.Tensor"        #: (B, S) int64
-    source_mask: "torch.Tensor"   #: (B, S) bool, all True
-    target_in: "torch.Tensor"     #: (B, T) int64
-    targets: "torch.Tensor"       #: (B·T,) int64, −100 where the target is not counted
-
-
 class TorchRecurrentSeq2Seq:
     """:class:`~miniattn.models.rnn_seq2seq.RecurrentSeq2SeqAttention` (LSTM cells) in PyTorch eager mode.
 
@@ -290,11 +284,7 @@ class TorchRecurrentSeq2Seq:
         _require_torch()
         if not np.all(batch.source_mask):
             raise ValueError("the PyTorch twin takes unpadded sources only (every source_mask entry True)")
-        targets = np.where(batch.target_mask, batch.target_out, -100).astype(np.int64).reshape(-1)
-        return TorchBatch(torch.from_numpy(np.ascontiguousarray(batch.source, dtype=np.int64)),
-                          torch.from_numpy(np.ascontiguousarray(batch.source_mask, dtype=bool)),
-                          torch.from_numpy(np.ascontiguousarray(batch.target_in, dtype=np.int64)),
-                          torch.from_numpy(targets))
+        return TorchSeq2Seq.batch(batch)
 
     def loss(self, tb: TorchBatch) -> "torch.Tensor":
         t = self.tensors

@@ -58,6 +58,32 @@ def _require_torch() -> None:
                           "(`make bench`, or pip install torch) to build the PyTorch twin")
 
 
+def check_twin_params(params) -> tuple[tuple, np.dtype]:
+    """Check that ``params`` are :class:`miniattn.models.Seq2SeqAttention` parameters a twin can copy.
+
+    Returns ``(score_shape, dtype)``: ``(d, d)`` for one head or ``(H, d, d)`` for H heads, and the one
+    float dtype of every array. Shared by the PyTorch and the JAX twins.
+    """
+    if not isinstance(params, dict) or not params:
+        raise TypeError("params must be a non-empty dict of name -> numpy array")
+    needed = {"src_pos", "tgt_pos", "score", "out_W", "out_b"}
+    missing = needed - set(params)
+    if missing or not ({"embed"} <= set(params) or {"src_embed", "tgt_embed"} <= set(params)):
+        raise ValueError(f"params lacks {sorted(missing) or 'an embedding table'}; expected the names "
+                         "of Seq2SeqAttention.params")
+    score_shape = np.shape(params["score"])
+    if len(score_shape) not in (2, 3) or score_shape[-1] != score_shape[-2]:
+        raise ValueError(f"params['score'] must be (d, d) (one head) or (H, d, d) (heads), got shape "
+                         f"{score_shape}")
+    if "value" in params and np.shape(params["value"]) != score_shape:
+        raise ValueError(f"params['value'] must have the shape of params['score'] {score_shape}, "
+                         f"got {np.shape(params['value'])}")
+    dtypes = {np.asarray(p).dtype for p in params.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+    return score_shape, next(iter(dtypes))
+
+
 class TorchBatch(NamedTuple):
     """A :class:`miniattn.batch.Seq2SeqBatch` as torch tensors (zero-copy views of the id arrays)."""
 
@@ -91,23 +117,7 @@ class TorchSeq2Seq:
 
     def __init__(self, params: dict[str, np.ndarray], *, uniform: bool = False):
         _require_torch()
-        if not isinstance(params, dict) or not params:
-            raise TypeError("params must be a non-empty dict of name -> numpy array")
-        needed = {"src_pos", "tgt_pos", "score", "out_W", "out_b"}
-        missing = needed - set(params)
-        if missing or not ({"embed"} <= set(params) or {"src_embed", "tgt_embed"} <= set(params)):
-            raise ValueError(f"params lacks {sorted(missing) or 'an embedding table'}; expected the names "
-                             "of Seq2SeqAttention.params")
-        score_shape = np.shape(params["score"])
-        if len(score_shape) not in (2, 3) or score_shape[-1] != score_shape[-2]:
-            raise ValueError(f"params['score'] must be (d, d) (one head) or (H, d, d) (heads), got shape "
-                             f"{score_shape}")
-        if "value" in params and np.shape(params["value"]) != score_shape:
-            raise ValueError(f"params['value'] must have the shape of params['score'] {score_shape}, "
-                             f"got {np.shape(params['value'])}")
-        dtypes = {np.asarray(p).dtype for p in params.values()}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+        score_shape, _ = check_twin_params(params)
         self.uniform = bool(uniform)
         self.shared_embeddings = "embed" in params
         self.value_projection = "value" in params

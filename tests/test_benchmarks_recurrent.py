@@ -6,7 +6,6 @@ NumPy code computes, not how fast either is.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -28,9 +27,7 @@ def restore_threads():
 
 
 def test_quick_run_prints_the_table(restore_threads, capsys):
-    t0 = time.perf_counter()
     assert recurrent_speed.main(["--quick", "--markdown"]) == 0
-    assert time.perf_counter() - t0 < 15
     out = capsys.readouterr().out
     assert "QUICK" in out and "| bench | dtype | d |" in out
     for name in ("BiLSTM fwd+bwd", "Adam step (model)"):
