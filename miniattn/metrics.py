@@ -68,21 +68,63 @@ def token_accuracy(log_probs, gold, mask=None) -> float:
     return float(hits.sum() / counted)
 
 
-def _hit_rate(attention: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Fraction of rows (b, t) with any target whose argmax attention lands on a target position.
+def _hit_counts(attention: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows (b, t) whose argmax attention lands on a target position, and the rows with any target.
 
-    attention (..., B, T, S), targets bool (B, T, S) -> array (...) (NaN where no row has a target).
+    attention (..., B, T, S), targets bool (B, T, S) -> (hits array (...), number of rows with a target).
     """
     if attention.shape[-3:] != targets.shape:
         raise ValueError(f"attention must end with shape {targets.shape}, got {attention.shape}")
     valid = targets.any(axis=-1)                                        # (B, T)
     n_valid = int(valid.sum())
     if n_valid == 0:
-        return np.full(attention.shape[:-3], np.nan)
+        return np.zeros(attention.shape[:-3], dtype=np.int64), 0
     pred = np.argmax(attention, axis=-1)                                # (..., B, T)
     # targets[b, t, pred[..., b, t]] by broadcasting the (B, T, S) targets against the leading axes.
     hit = np.take_along_axis(np.broadcast_to(targets, attention.shape), pred[..., None], axis=-1)[..., 0]
-    return (hit & valid).sum(axis=(-2, -1)) / n_valid
+    return (hit & valid).sum(axis=(-2, -1)), n_valid
+
+
+def _hit_rate(attention: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Fraction of rows (b, t) with any target whose argmax attention lands on a target position.
+
+    attention (..., B, T, S), targets bool (B, T, S) -> array (...) (NaN where no row has a target).
+    """
+    hits, n_valid = _hit_counts(attention, targets)
+    if n_valid == 0:
+        return np.full(attention.shape[:-3], np.nan)
+    return hits / n_valid
+
+
+def _alignment_targets(attention: np.ndarray, alignment, mask) -> np.ndarray:
+    """Validated one-hot (B, T, S) of the aligned source position (empty where none or masked)."""
+    alignment = np.asarray(alignment)
+    if attention.ndim not in (3, 4):
+        raise ValueError(f"attention must have shape (B, T, S) or (H, B, T, S), got {attention.shape}")
+    B, T, S = attention.shape[-3:]
+    if alignment.shape != (B, T):
+        raise ValueError(f"alignment must have shape {(B, T)}, got {alignment.shape}")
+    if alignment.dtype.kind not in "iu":
+        raise TypeError(f"alignment must be an integer array, got dtype {alignment.dtype}")
+    if alignment.size and (alignment.min() < -1 or alignment.max() >= S):
+        raise ValueError(f"alignment must lie in [-1, {S}), got values in [{alignment.min()}, {alignment.max()}]")
+    mask = np.ones((B, T), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != (B, T):
+        raise ValueError(f"mask must have shape {(B, T)}, got {mask.shape}")
+    return (np.arange(S) == alignment[..., None]) & (mask & (alignment >= 0))[..., None]
+
+
+def _salient_targets(attention: np.ndarray, salient) -> np.ndarray:
+    """Validated salient-word targets (B, 1, S) of a classifier's attention."""
+    salient = np.asarray(salient)
+    if attention.ndim not in (3, 4) or attention.shape[-2] != 1:
+        raise ValueError(f"attention must have shape (B, 1, S) or (H, B, 1, S), got {attention.shape}")
+    if salient.dtype != np.bool_:
+        raise TypeError(f"salient must be a boolean array, got dtype {salient.dtype}")
+    if salient.shape != (attention.shape[-3], attention.shape[-1]):
+        raise ValueError(f"salient must have shape {(attention.shape[-3], attention.shape[-1])}, "
+                         f"got {salient.shape}")
+    return salient[:, None, :]
 
 
 def attention_accuracy(attention, alignment, mask=None):
@@ -103,21 +145,7 @@ def attention_accuracy(attention, alignment, mask=None):
     float, or float array (H,) (one accuracy per head) for 4-d attention; NaN when no position counts.
     """
     attention = np.asarray(attention)
-    alignment = np.asarray(alignment)
-    if attention.ndim not in (3, 4):
-        raise ValueError(f"attention must have shape (B, T, S) or (H, B, T, S), got {attention.shape}")
-    B, T, S = attention.shape[-3:]
-    if alignment.shape != (B, T):
-        raise ValueError(f"alignment must have shape {(B, T)}, got {alignment.shape}")
-    if alignment.dtype.kind not in "iu":
-        raise TypeError(f"alignment must be an integer array, got dtype {alignment.dtype}")
-    if alignment.size and (alignment.min() < -1 or alignment.max() >= S):
-        raise ValueError(f"alignment must lie in [-1, {S}), got values in [{alignment.min()}, {alignment.max()}]")
-    mask = np.ones((B, T), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != (B, T):
-        raise ValueError(f"mask must have shape {(B, T)}, got {mask.shape}")
-    # One-hot of the aligned position, empty where there is no alignment or the output is masked.
-    targets = (np.arange(S) == alignment[..., None]) & (mask & (alignment >= 0))[..., None]
+    targets = _alignment_targets(attention, alignment, mask)
     rate = _hit_rate(attention, targets)
     return float(rate) if attention.ndim == 3 else rate
 
@@ -138,15 +166,7 @@ def salient_attention_accuracy(attention, salient):
     float, or float array (H,) for 4-d attention; NaN when no sequence has a salient token.
     """
     attention = np.asarray(attention)
-    salient = np.asarray(salient)
-    if attention.ndim not in (3, 4) or attention.shape[-2] != 1:
-        raise ValueError(f"attention must have shape (B, 1, S) or (H, B, 1, S), got {attention.shape}")
-    if salient.dtype != np.bool_:
-        raise TypeError(f"salient must be a boolean array, got dtype {salient.dtype}")
-    if salient.shape != (attention.shape[-3], attention.shape[-1]):
-        raise ValueError(f"salient must have shape {(attention.shape[-3], attention.shape[-1])}, "
-                         f"got {salient.shape}")
-    rate = _hit_rate(attention, salient[:, None, :])
+    rate = _hit_rate(attention, _salient_targets(attention, salient))
     return float(rate) if attention.ndim == 3 else rate
 
 
@@ -155,7 +175,43 @@ def plain_record(record: Mapping) -> dict:
     return json.loads(io.dumps_json(record))
 
 
-def evaluate(model, batch, metrics_fn: Callable | None = None) -> dict:
+def _rows(batch, start: int, stop: int):
+    """Rows ``start:stop`` of a batch (every array field with the batch's leading size is sliced)."""
+    n = len(np.asarray(_gold_and_mask(batch)[0]))
+    return type(batch)(*[f[start:stop] if isinstance(f, np.ndarray) and f.ndim and f.shape[0] == n else f
+                         for f in batch])
+
+
+def _chunk_sums(model, batch) -> dict:
+    """Additive evaluation sums of one chunk: Σ log p(gold), counted outputs, hits, attention hits."""
+    gold, mask = _gold_and_mask(batch)
+    result = model.forward(batch)
+    log_probs = np.asarray(result.log_probs)
+    attention = np.asarray(result.attention)
+    if log_probs.ndim != 3 or log_probs.shape[:2] != gold.shape:
+        raise ValueError(f"model.forward returned log_probs of shape {log_probs.shape}; "
+                         f"expected (B, T, C) with (B, T) = {gold.shape}")
+    # Gold ids at uncounted positions may be anything (padding); index with a safe 0 there.
+    safe_gold = np.where(mask, gold, 0)
+    gold_log_probs = np.take_along_axis(log_probs, safe_gold[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):  # -inf * 0 at masked positions is discarded by the where
+        total = float(np.sum(np.where(mask, gold_log_probs, 0.0)))
+    sums = {"log_prob": total, "counted": int(mask.sum()),
+            "hits": int(((np.argmax(log_probs, axis=-1) == gold) & mask).sum()), "attention": None}
+    targets = None
+    if getattr(batch, "alignment", None) is not None and hasattr(batch, "target_out"):
+        targets = _alignment_targets(attention, batch.alignment, mask)
+    elif getattr(batch, "salient", None) is not None and hasattr(batch, "labels"):
+        targets = _salient_targets(attention, batch.salient)
+    if targets is not None:
+        # The head-averaged attention is what the model's averaged context uses.
+        mean_hits, n_valid = _hit_counts(attention.mean(axis=0) if attention.ndim == 4 else attention, targets)
+        head_hits = _hit_counts(attention, targets)[0] if attention.ndim == 4 else None
+        sums["attention"] = (mean_hits, head_hits, n_valid)
+    return sums
+
+
+def evaluate(model, batch, metrics_fn: Callable | None = None, *, chunk_size: int | None = None) -> dict:
     """Evaluate ``model`` on ``batch``: held-out loss, token accuracy, attention accuracy, extras.
 
     * ``loss`` = −Σ m_{bt} log p(gold_{bt}) / Σ m_{bt} (mean cross-entropy over counted outputs),
@@ -168,41 +224,46 @@ def evaluate(model, batch, metrics_fn: Callable | None = None) -> dict:
     * ``attention_accuracy_per_head`` — multi-head models only: the same accuracy per head (list).
     * the entries of ``metrics_fn(model, batch)`` (a mapping), if given.
 
+    Every built-in metric is a ratio of sums over examples, so the batch is evaluated in chunks of
+    ``chunk_size`` examples and the sums are added: a held-out split of N examples never becomes
+    one dense (N, T, C) array of log-probabilities (10 GB for 2,900 sentence pairs and a vocabulary of
+    10k in float64). The result equals the unchunked one up to the order of floating-point additions.
+
+    Parameters
+    ----------
+    model : a model (see :mod:`miniattn.models`)
+    batch : Seq2SeqBatch or ClassificationBatch
+    metrics_fn : callable (model, batch) -> mapping, optional
+        Called once on the whole batch.
+    chunk_size : int >= 1, optional
+        Examples per forward pass; default: the whole batch at once.
+
     Returns
     -------
     dict of plain JSON values (NaN -> None).
     """
-    gold, mask = _gold_and_mask(batch)
-    result = model.forward(batch)
-    log_probs = np.asarray(result.log_probs)
-    attention = np.asarray(result.attention)
-    if log_probs.ndim != 3 or log_probs.shape[:2] != gold.shape:
-        raise ValueError(f"model.forward returned log_probs of shape {log_probs.shape}; "
-                         f"expected (B, T, C) with (B, T) = {gold.shape}")
-    counted = int(mask.sum())
-    # Gold ids at uncounted positions may be anything (padding); index with a safe 0 there.
-    safe_gold = np.where(mask, gold, 0)
-    gold_log_probs = np.take_along_axis(log_probs, safe_gold[..., None], axis=-1)[..., 0]
-    with np.errstate(invalid="ignore"):  # -inf * 0 at masked positions is discarded by the where
-        total = np.sum(np.where(mask, gold_log_probs, 0.0))
+    gold, _ = _gold_and_mask(batch)
+    n = len(gold)
+    if chunk_size is None:
+        chunk_size = max(n, 1)
+    elif isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    parts = [_chunk_sums(model, _rows(batch, i, i + chunk_size) if chunk_size < n else batch)
+             for i in range(0, max(n, 1), chunk_size)]   # a loop over chunks, not over examples
+    counted = sum(p["counted"] for p in parts)
     record: dict[str, Any] = {
-        "loss": float(-total / counted) if counted else math.nan,
-        "token_accuracy": token_accuracy(log_probs, gold, mask),
+        "loss": float(-sum(p["log_prob"] for p in parts) / counted) if counted else math.nan,
+        "token_accuracy": float(sum(p["hits"] for p in parts) / counted) if counted else math.nan,
         "attention_accuracy": None,
     }
-    per_head = None
-    if getattr(batch, "alignment", None) is not None and hasattr(batch, "target_out"):
-        if attention.ndim == 4:
-            per_head = attention_accuracy(attention, batch.alignment, mask)
-        record["attention_accuracy"] = attention_accuracy(
-            attention.mean(axis=0) if attention.ndim == 4 else attention, batch.alignment, mask)
-    elif getattr(batch, "salient", None) is not None and hasattr(batch, "labels"):
-        if attention.ndim == 4:
-            per_head = salient_attention_accuracy(attention, batch.salient)
-        record["attention_accuracy"] = salient_attention_accuracy(
-            attention.mean(axis=0) if attention.ndim == 4 else attention, batch.salient)
-    if per_head is not None:
-        record["attention_accuracy_per_head"] = per_head
+    if parts[0]["attention"] is not None:
+        n_valid = sum(p["attention"][2] for p in parts)
+        mean_hits = sum(p["attention"][0] for p in parts)
+        record["attention_accuracy"] = float(mean_hits / n_valid) if n_valid else math.nan
+        if parts[0]["attention"][1] is not None:
+            head_hits = sum(p["attention"][1] for p in parts)
+            record["attention_accuracy_per_head"] = (head_hits / n_valid if n_valid
+                                                     else np.full(head_hits.shape, np.nan))
     if metrics_fn is not None:
         extra = metrics_fn(model, batch)
         if not isinstance(extra, Mapping):
@@ -212,4 +273,3 @@ def evaluate(model, batch, metrics_fn: Callable | None = None) -> dict:
             raise ValueError(f"metrics_fn must not return the built-in metric names {clash}")
         record.update(extra)
     return plain_record(record)
-

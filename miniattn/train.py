@@ -202,8 +202,10 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
         Evaluate after every ``eval_every``-th step, and also at step 0 and at step ``steps``.
     eval_size : int >= 1, default 256
         Size of the fixed held-out batch, drawn once from its own stream. A task with a
-        ``held_out_batch()`` method (:class:`miniattn.tasks.HeldOutSplit`) is evaluated on that batch
-        instead, and ``eval_size`` is not used.
+        ``held_out_batch()`` method (:class:`miniattn.tasks.HeldOutSplit`) is evaluated on its whole
+        held-out split instead, ``eval_size`` examples per forward pass, so that memory is bounded by
+        the chunk, not the split (:func:`miniattn.metrics.evaluate`). An ``eval_batch`` larger than
+        ``eval_size`` is evaluated in chunks the same way.
     out_dir : path, optional
         Where to write ``config.json``, ``metrics.jsonl`` and ``checkpoint.npz``; nothing is written
         when None.
@@ -311,7 +313,7 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
 
     def log_eval(step: int) -> dict:
         try:
-            record = evaluate(model, eval_batch, metrics_fn)
+            record = evaluate(model, eval_batch, metrics_fn, chunk_size=eval_size)
         except NonFiniteError as exc:
             raise TrainingDiverged(step, f"a non-finite value in the evaluation ({exc})") from None
         if record["loss"] is None:

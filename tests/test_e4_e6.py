@@ -224,9 +224,21 @@ def test_e6_default_sizes():
     specs = E6.runs("default", _phase1_results("default", ["bad"] * (n - 2) + ["good"] * 2))
     heads = [s.config for s in specs if s.config["phase"] == "head"]
     trials = [s.config for s in specs if s.config["phase"] == "trial"]
-    assert len(heads) == 12 * 3 and len(trials) == 3 * 3
+    # The evidence profile: the paper's L = V = 40, a pool of 32, >= 20 trials per arm (issue: E6 at L = 40).
+    assert len(heads) == 32 * 3 and len(trials) == 3 * 20
     for c in heads + trials:
-        assert (c["length"], c["dim"], c["lr"], c["steps"], c["batch"], c["eval_size"]) == (20, 32, 3e-3, 200, 128, 128)
+        assert (c["length"], c["dim"], c["lr"], c["steps"], c["batch"], c["eval_size"], c["dtype"]) == \
+            (40, 64, 1.5e-3, 200, 128, 128, "float32")
     nf = E6._profile("full")["candidates"]
     full = [s.config for s in E6.runs("full", _phase1_results("full", ["bad"] * (nf - 2) + ["good"] * 2))]
     assert sum(c["phase"] == "head" for c in full) == 32 * 3 and sum(c["phase"] == "trial" for c in full) == 3 * 50
+    assert {(c["length"], c["dim"], c["dtype"]) for c in full} == {(40, 256, "float64")}
+
+
+def test_e6_model_has_the_configured_dtype():
+    cfg = dict(_trial("8 random", 0), seed=E6._data_seed(E6.ROOT_SEED, 0), dtype="float32")
+    _, model = E6._model(cfg, [0, 3])
+    assert {v.dtype for v in model.params.values()} == {np.dtype(np.float32)}
+    _, alone = E6._model(cfg, [3])
+    # The same head drawn in float64 and cast: identical to the corresponding slice of the 2-head model.
+    np.testing.assert_array_equal(alone.params["score"], model.params["score"][1])

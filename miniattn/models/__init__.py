@@ -11,8 +11,11 @@
 from miniattn.models.base import ForwardResult
 from miniattn.models.classifier import AttentionClassifier
 from miniattn.models.free_copy import FreeAttentionCopyModel
+from miniattn.models.rnn_classifier import RecurrentAttentionClassifier
+from miniattn.models.rnn_seq2seq import RecurrentSeq2SeqAttention
 from miniattn.models.seq2seq import Seq2SeqAttention
 from miniattn.models.toy import GatedToyClassifier, SoftmaxGatedToyClassifier
 
 __all__ = ["ForwardResult", "AttentionClassifier", "FreeAttentionCopyModel", "Seq2SeqAttention",
-           "GatedToyClassifier", "SoftmaxGatedToyClassifier"]
+           "RecurrentAttentionClassifier", "RecurrentSeq2SeqAttention", "GatedToyClassifier",
+           "SoftmaxGatedToyClassifier"]

@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniattn._validate import bool_array, float_array, int_array
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
                              embedding_forward, log_softmax, softmax_output_backward,
                              softmax_output_forward)
-from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
+from miniattn.models.base import (ForwardResult, check_classification_batch, check_flag, check_scale, check_size, check_source_scale)
 
 __all__ = ["AttentionClassifier"]
 
@@ -118,31 +117,14 @@ class AttentionClassifier:
                 "init_scale": self.init_scale, "dtype": self.dtype.name}
 
     def _check_batch(self, batch, need_labels: bool):
-        """Validate a ClassificationBatch; return (tokens (B,S), mask (B,S), labels (B,) or None)."""
-        for field in ("tokens", "mask", "labels"):
-            if not hasattr(batch, field):
-                raise TypeError(f"batch must be a ClassificationBatch (tokens, mask, labels), "
-                                f"got {type(batch).__name__} without {field!r}")
-        tokens = int_array("batch.tokens", batch.tokens, upper=self.vocab_size, ndim=2)
-        mask = bool_array("batch.mask", batch.mask, tokens.shape)
-        if not np.all(mask.any(axis=1)):
-            bad = np.flatnonzero(~mask.any(axis=1))
-            raise ValueError(f"batch.mask has rows with no real token (rows {bad[:5].tolist()}); "
-                             "every sequence needs at least one")
-        labels = None
-        if need_labels:
-            labels = int_array("batch.labels", batch.labels, upper=self.n_classes, ndim=1)
-            if labels.shape != tokens.shape[:1]:
-                raise ValueError(f"batch.labels must have shape (B,) = {tokens.shape[:1]}, got {labels.shape}")
-        return tokens, mask, labels
+        """Validate a ClassificationBatch (:func:`miniattn.models.base.check_classification_batch`)."""
+        return check_classification_batch(batch, vocab_size=self.vocab_size, n_classes=self.n_classes,
+                                          need_labels=need_labels)
+
 
     def _check_scale(self, source_scale, shape):
-        if source_scale is None:
-            return None
-        scale = float_array("source_scale", source_scale, ndim=2)
-        if scale.shape != shape:
-            raise ValueError(f"source_scale must have the tokens' shape (B, S) = {shape}, got {scale.shape}")
-        return scale.astype(self.dtype, copy=False)
+        return check_source_scale(source_scale, shape, self.dtype, "the tokens'")
+
 
     def _pool(self, tokens, mask, scale=None):
         """Embedding and attention pooling. Returns h̄ (B, d) and the caches for the backward pass.

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniattn._validate import bool_array, float_array, int_array
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward, embedding_forward,
                              log_softmax, softmax_output_backward, softmax_output_forward)
-from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
+from miniattn.models.base import (ForwardResult, check_classification_batch, check_flag, check_scale, check_size,
+                                  check_source_scale)
 from miniattn.models.rnn_seq2seq import (bi_encode, bi_encode_backward, check_dtype, check_kind,
                                          init_params, rnn_param_shapes)
 
@@ -104,22 +104,10 @@ class RecurrentAttentionClassifier:
                 "init_scale": self.init_scale, "dtype": self.dtype.name}
 
     def _check_batch(self, batch, need_labels: bool):
-        for field in ("tokens", "mask", "labels"):
-            if not hasattr(batch, field):
-                raise TypeError(f"batch must be a ClassificationBatch (tokens, mask, labels), "
-                                f"got {type(batch).__name__} without {field!r}")
-        tokens = int_array("batch.tokens", batch.tokens, upper=self.vocab_size, ndim=2)
-        mask = bool_array("batch.mask", batch.mask, tokens.shape)
-        if not np.all(mask.any(axis=1)):
-            bad = np.flatnonzero(~mask.any(axis=1))
-            raise ValueError(f"batch.mask has rows with no real token (rows {bad[:5].tolist()}); "
-                             "every sequence needs at least one")
-        labels = None
-        if need_labels:
-            labels = int_array("batch.labels", batch.labels, upper=self.n_classes, ndim=1)
-            if labels.shape != tokens.shape[:1]:
-                raise ValueError(f"batch.labels must have shape (B,) = {tokens.shape[:1]}, got {labels.shape}")
-        return tokens, mask, labels
+        """Validate a ClassificationBatch (:func:`miniattn.models.base.check_classification_batch`)."""
+        return check_classification_batch(batch, vocab_size=self.vocab_size, n_classes=self.n_classes,
+                                          need_labels=need_labels)
+
 
     def _pool(self, tokens, mask, scale=None):
         """Embedding, encoder, attention pooling: h̄ (B, 2H) and the caches."""
@@ -151,12 +139,7 @@ class RecurrentAttentionClassifier:
         ``source_scale`` (B, S), optional, multiplies each token embedding before the encoder.
         """
         tokens, mask, _ = self._check_batch(batch, need_labels=False)
-        scale = None
-        if source_scale is not None:
-            scale = float_array("source_scale", source_scale, ndim=2).astype(self.dtype, copy=False)
-            if scale.shape != tokens.shape:
-                raise ValueError(f"source_scale must have the tokens' shape (B, S) = {tokens.shape}, "
-                                 f"got {scale.shape}")
+        scale = check_source_scale(source_scale, tokens.shape, self.dtype, "the tokens'")
         pooled, (_, _, _, att) = self._pool(tokens, mask, scale)
         log_probs = log_softmax(pooled @ self.params["out_W"] + self.params["out_b"])
         return ForwardResult(log_probs[:, None, :], att.weights)

@@ -57,12 +57,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from miniattn._validate import bool_array, float_array, int_array
 from miniattn.gru import gru_backward, gru_forward
 from miniattn.layers import (AttentionCache, EmbeddingCache, attention_backward, attention_forward,
                              embedding_backward, embedding_forward, log_softmax, softmax_output_backward,
                              softmax_output_forward)
-from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
+from miniattn.models.base import (ForwardResult, check_flag, check_scale, check_seq2seq_batch, check_size, check_source_scale)
 from miniattn.models.seq2seq import _pairwise_logsumexp
 from miniattn.recurrent import LSTMParams, bilstm_backward, bilstm_forward, lstm_backward, lstm_forward
 
@@ -306,50 +305,16 @@ class RecurrentSeq2SeqAttention:
         return p["src_embed"], p["tgt_embed"]
 
     def _check_batch(self, batch, need_targets: bool):
-        """Validate a Seq2SeqBatch; return (source, source_mask, target_in, target_out, target_mask)."""
-        for field in ("source", "source_mask", "target_in", "target_out", "target_mask"):
-            if not hasattr(batch, field):
-                raise TypeError(f"batch must be a Seq2SeqBatch, got {type(batch).__name__} without {field!r}")
-        source = int_array("batch.source", batch.source, upper=self.source_vocab, ndim=2)
-        B, S = source.shape
-        if self.source_length is not None and S > self.source_length:
-            raise ValueError(f"batch.source has length {S}; the model's source_length allows at most "
-                             f"{self.source_length}")
-        source_mask = bool_array("batch.source_mask", batch.source_mask, (B, S))
-        if not np.all(source_mask.any(axis=1)):
-            bad = np.flatnonzero(~source_mask.any(axis=1))
-            raise ValueError(f"batch.source_mask has rows with no real source token (rows {bad[:5].tolist()})")
-        target_in = int_array("batch.target_in", batch.target_in, upper=self.target_vocab, ndim=2)
-        if target_in.shape[0] != B:
-            raise ValueError(f"batch.target_in must have B={B} rows like batch.source, got shape {target_in.shape}")
-        T = target_in.shape[1]
-        if self.target_length is not None and T > self.target_length:
-            raise ValueError(f"batch.target_in has length {T}; the model's target_length allows at most "
-                             f"{self.target_length}")
-        target_out = target_mask = None
-        if need_targets:
-            target_mask = bool_array("batch.target_mask", batch.target_mask, (B, T))
-            if not target_mask.any():
-                raise ValueError("batch.target_mask must count at least one output position")
-            target_out = np.asarray(batch.target_out)
-            if target_out.dtype.kind not in "iu":
-                raise TypeError(f"batch.target_out must be an integer array, got dtype {target_out.dtype}")
-            if target_out.shape != (B, T):
-                raise ValueError(f"batch.target_out must have shape (B, T) = {(B, T)}, got {target_out.shape}")
-            int_array("batch.target_out (where target_mask is True)", target_out[target_mask],
-                      upper=self.target_vocab)
-            target_out = np.where(target_mask, target_out, 0)   # padding may hold any id
-        return source, source_mask, target_in, target_out, target_mask
+        """Validate a Seq2SeqBatch (:func:`miniattn.models.base.check_seq2seq_batch`)."""
+        return check_seq2seq_batch(batch, source_vocab=self.source_vocab, target_vocab=self.target_vocab,
+                                   source_length=self.source_length, target_length=self.target_length,
+                                   need_targets=need_targets)
+
 
     def _check_scale(self, source_scale, shape):
-        if source_scale is None:
-            return None
-        scale = float_array("source_scale", source_scale, ndim=2)
-        if scale.shape != shape:
-            raise ValueError(f"source_scale must have the source's shape (B, S) = {shape}, got {scale.shape}")
-        return scale.astype(self.dtype, copy=False)
+        return check_source_scale(source_scale, shape, self.dtype)
 
-    # ----------------------------------------------------------------------------------------------
+
     def _hidden(self, source, source_mask, target_in, scale=None):
         """Encoder, decoder and attention. Returns [q ; c] (B, T, 4H) and a :class:`_State`."""
         p, kind = self.params, self.encoder
