@@ -157,3 +157,130 @@ def band_from_runs(curves: Sequence[np.ndarray] | np.ndarray, confidence: float 
 
 
 __all__.append("band_from_runs")
+
+
+def checkpoint_indices(n: int, k: int = 6) -> np.ndarray:
+    """``k`` evenly spaced indices into ``range(n)``, always the first and the last (fewer if n < k).
+
+    ``round(linspace(0, n − 1, k))`` with duplicates removed, as an int64 array in increasing order.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if k == 1:
+        return np.array([n - 1], dtype=np.int64)
+    return np.unique(np.rint(np.linspace(0, n - 1, min(int(k), int(n)))).astype(np.int64))
+
+
+def attention_map(ax, weights, *, title: str | None = None, alignment=None, colorbar: bool = False):
+    """Draw attention weights α (target position t × source position s) as an image; returns it.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    weights : float array (T, S)
+        α[t, s], each row a probability distribution over source positions (values in [0, 1]).
+    title : str, optional
+    alignment : int array (T,), optional
+        The true aligned source position of each target position (−1: none), marked with dots.
+    colorbar : bool, default False
+        Add a colour bar for this axes alone.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"weights must be a non-empty (T, S) array, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite")
+    im = ax.imshow(w, origin="upper", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                   interpolation="nearest")
+    if alignment is not None:
+        a = np.asarray(alignment)
+        if a.shape != (w.shape[0],):
+            raise ValueError(f"alignment must have shape (T,) = ({w.shape[0]},), got {a.shape}")
+        t = np.flatnonzero(a >= 0)
+        ax.plot(a[t], t, ".", color="white", markersize=1.5, alpha=0.6)
+    ax.grid(False)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.set_xlabel("source position s")
+    ax.set_ylabel("target position t")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="α (probability)")
+    return im
+
+
+def attention_stages_figure(rows: Sequence[dict], *, checkpoints: int = 6, threshold: float | None = None):
+    """One row per run: α of a probe example at ~``checkpoints`` evaluation steps, then its curves.
+
+    Each row shows α_k[t, s] (target × source) at the steps ``checkpoint_indices(K, checkpoints)``
+    picks out of the run's K snapshots, and a last panel with the run's held-out token accuracy
+    (solid) and attention accuracy (dashed) against steps, the chosen steps marked by dotted lines,
+    titled with the row's label. One colour bar is shared by every map (α in [0, 1]).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Each with ``label`` (str), ``color``, ``steps`` (K,) the snapshot steps (increasing),
+        ``attention`` (K, T, S), optional ``alignment`` (T,), and ``curve_steps`` (E,),
+        ``token_accuracy`` (E,), ``attention_accuracy`` (E,) (optional, NaN allowed).
+    checkpoints : int >= 1, default 6
+    threshold : float, optional
+        Drawn as a dotted horizontal line on the accuracy panel (e.g. the success criterion).
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one run")
+    picked = []
+    for i, row in enumerate(rows):
+        att = np.asarray(row.get("attention"), dtype=np.float64)
+        steps = np.asarray(row.get("steps"))
+        if att.ndim != 3 or att.shape[0] < 1:
+            raise ValueError(f"rows[{i}]['attention'] must be (K, T, S) with K >= 1, got shape {att.shape}")
+        if steps.shape != (att.shape[0],):
+            raise ValueError(f"rows[{i}]['steps'] must have shape (K,) = ({att.shape[0]},), got {steps.shape}")
+        if np.any(np.diff(steps) <= 0):
+            raise ValueError(f"rows[{i}]['steps'] must be strictly increasing")
+        for key in ("curve_steps", "token_accuracy"):
+            if key not in row:
+                raise ValueError(f"rows[{i}] needs {key!r}")
+        picked.append(checkpoint_indices(att.shape[0], checkpoints))
+    ncols = max(len(p) for p in picked) + 1
+    fig, axes = new_figure(len(rows), ncols, width=2.1, height=2.1)
+    image = None
+    for i, (row, idx) in enumerate(zip(rows, picked)):
+        att, steps = np.asarray(row["attention"]), np.asarray(row["steps"])
+        for j in range(ncols - 1):
+            ax = axes[i, j]
+            if j >= len(idx):
+                ax.set_visible(False)
+                continue
+            k = idx[j]
+            image = attention_map(ax, att[k], title=f"step {int(steps[k])}", alignment=row.get("alignment"))
+            if j:
+                ax.set_ylabel("")
+        ax = axes[i, ncols - 1]
+        x = np.asarray(row["curve_steps"])
+        ax.plot(x, np.asarray(row["token_accuracy"], dtype=float), color=row.get("color", COLORS["other"]),
+                label="token accuracy")
+        if row.get("attention_accuracy") is not None:
+            ax.plot(x, np.asarray(row["attention_accuracy"], dtype=float), color=row.get("color", COLORS["other"]),
+                    linestyle="--", label="attention accuracy")
+        for k in idx:
+            ax.axvline(float(steps[k]), color=COLORS["grey"], linestyle=":", linewidth=0.7)
+        if threshold is not None:
+            ax.axhline(threshold, color=COLORS["grey"], linestyle="-.", linewidth=0.7)
+        ax.set_ylim(-0.03, 1.03)
+        finish_axes(ax, xlabel=STEPS_LABEL, ylabel="held-out accuracy", title=str(row["label"]),
+                    loc="lower right", fontsize=7)
+    fig.colorbar(image, ax=axes[:, : ncols - 1].ravel().tolist(), label="α (probability)", shrink=0.8)
+    return fig
+
+
+__all__ += ["checkpoint_indices", "attention_map", "attention_stages_figure"]

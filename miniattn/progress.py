@@ -71,8 +71,11 @@ class StderrProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.last_draw = -math.inf
         self.accuracy = None
+        self.first_step = None   # the step this process started from (> 0 after a resume)
 
     def __call__(self, event: ProgressEvent) -> None:
+        if self.first_step is None:
+            self.first_step = event.step
         if event.record is not None:
             self.accuracy = event.record.get("token_accuracy")
         now = time.monotonic()
@@ -84,7 +87,9 @@ class StderrProgress:
         acc = "  -  " if self.accuracy is None else f"{self.accuracy:5.3f}"
         eta = "?" if event.eta is None else format_seconds(event.eta)
         width = len(str(event.steps))
-        rate = f"{event.step / event.elapsed:6.1f} steps/s  " if event.elapsed > 0 else ""
+        # Steps made by this process only: a resumed run's earlier steps took no time here.
+        done = event.step - self.first_step
+        rate = f"{done / event.elapsed:6.1f} steps/s  " if event.elapsed > 0 else ""
         self.stream.write(f"\rstep {event.step:{width}d}/{event.steps}  loss {loss}  acc {acc}  "
                           f"{rate}elapsed {format_seconds(event.elapsed)}  ETA {eta} ")
         if final:

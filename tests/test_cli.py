@@ -4,6 +4,7 @@ subprocess run of the installed ``miniattn --help``."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -186,21 +187,24 @@ def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys):
     (["--optimizer", "sgd", "--momentum", "1.0"], "momentum must lie in"),
     (["--model", "classifier", "--task", "text-classification"], "needs --data"),
     (["--task", "parallel", "--source-file", "x"], "needs --source-file and --target-file"),
-    (["--model", "classifier", "--task", "text-classification", "--data", "no/such/file.tsv"], "no such file"),
     (["--mode", "permutation", "--vocab", "60", "--length", "40"], "vocab == length"),  # the task checks
     (["--mode", "subset", "--vocab", "3", "--length", "5"], "length <= vocab"),
     (["--model", "classifier", "--init-scale", "0"], "--init-scale must be > 0"),
     (["--held-out", "0.2"], "--held-out applies only to --task text-classification/parallel"),
     (["--model", "classifier", "--task", "text-classification", "--data", str(DATA / "sentiment.tsv"),
       "--held-out", "1"], "--held-out"),
-    (["--model", "classifier", "--task", "text-classification", "--data", str(DATA / "sentiment.tsv"),
-      "--held-out", "0.01"], "empty part"),
     (["--steps", "-1"], "--steps"),
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "0"], "--lr"),
     (["--lr", "nan"], "--lr"),
     (["--seed", "x"], "--seed"),
     (["--model", "transformer"], "invalid choice"),
+    (["--lowercase"], "--lowercase applies only to --task text-classification/parallel"),
+    (["--task", "parallel", "--source-file", "a", "--target-file", "b", "--header"],
+     "--header applies only to --task text-classification"),
+    (["--min-count", "0"], "--min-count"),
+    (["--encoding", "klingon"], "unknown text encoding"),
+    (["--max-memory", "lots"], "--max-memory"),
 ])
 def test_bad_arguments_exit_2(argv, message, capsys):
     status, out, err = run(["train", *argv] if "--steps" in argv else ["train", *argv, "--steps", "1"], capsys)
@@ -336,3 +340,300 @@ def test_out_that_is_a_file_or_a_foreign_directory_is_refused(tmp_path, capsys):
     (tmp_path / "bad" / CONFIG_NAME).write_text("{truncated")
     status, _, err = run([*COPY, *TINY, "--out", str(tmp_path / "bad")], capsys)
     assert status == 2 and "not a readable miniattn run config" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# Real text: data errors in one line, text options, the data summary, the memory check
+# --------------------------------------------------------------------------------------------------
+
+CLASSIFY = ["train", "--model", "classifier", "--task", "text-classification", "--dim", "4", *TINY]
+
+
+def _one_line_error(status, out, err):
+    assert status == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("miniattn: error: "), err
+    assert "usage:" not in err and "Traceback" not in err
+    return lines[0]
+
+
+def _data_files(tmp_path):
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes(b"pos\tgood\nneg\tbad\npos\tcaf\xe9\n")
+    files = {
+        "missing": (tmp_path / "missing.tsv", f"{tmp_path / 'missing.tsv'}: no such file"),
+        "directory": (tmp_path, f"{tmp_path} is a directory, expected a text file"),
+        "latin-1": (latin, f"{latin}, line 3: not valid UTF-8 (byte 0xe9 at column 8); pass --encoding"),
+    }
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    files["empty"] = (empty, f"{empty}: empty file")
+    one = tmp_path / "one.tsv"
+    one.write_text("pos\tgood\npos\tfine\n")
+    files["one class"] = (one, f"{one}: every example (2) has the label 'pos'")
+    header = tmp_path / "header.tsv"
+    header.write_text("label\ttext\n")
+    files["header only"] = (header, f"{header}: only a header line (line 1)")
+    tab = tmp_path / "tab.tsv"
+    tab.write_text("pos\tgood\nneg bad\n")
+    files["no tab"] = (tab, f"{tab}, line 2: missing the tab")
+    return files
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "latin-1", "empty", "one class", "header only",
+                                  "no tab"])
+def test_classification_data_errors_are_one_line_naming_file_and_line(case, tmp_path, capsys):
+    path, expected = _data_files(tmp_path)[case]
+    line = _one_line_error(*run([*CLASSIFY, "--data", str(path)], capsys))
+    assert line.startswith(f"miniattn: error: {expected}"), line
+
+
+def test_parallel_data_errors_are_one_line(tmp_path, capsys):
+    src = tmp_path / "s.txt"
+    src.write_text("a b\nc\nd\n")
+    tgt = tmp_path / "t.txt"
+    tgt.write_text("A B\nC\n")
+    base = ["train", "--task", "parallel", "--dim", "4", *TINY]
+    line = _one_line_error(*run([*base, "--source-file", str(src), "--target-file", str(tgt)], capsys))
+    assert f"{src} has 3" in line and "line 3" in line
+    line = _one_line_error(*run([*base, "--source-file", str(src), "--target-file", str(tmp_path)], capsys))
+    assert line == f"miniattn: error: {tmp_path} is a directory, expected a text file"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"x\n\xff\nz\n")
+    line = _one_line_error(*run([*base, "--source-file", str(src), "--target-file", str(bad)], capsys))
+    assert line.startswith(f"miniattn: error: {bad}, line 2: not valid UTF-8 (byte 0xff at column 1)")
+    line = _one_line_error(*run([*base, "--source-file", str(src), "--target-file", str(src),
+                                 "--held-out", "0.05"], capsys))
+    assert line.startswith("miniattn: error: --held-out 0.05: ") and "empty part" in line
+
+
+def test_encoding_option_reads_the_latin1_file(tmp_path, capsys, monkeypatch):
+    path, _ = _data_files(tmp_path)["latin-1"]
+    seen = _spy_tasks(monkeypatch)
+    status, out, err = run([*CLASSIFY, "--data", str(path), "--encoding", "latin-1", "--held-out", "0"], capsys)
+    assert status == 0, err
+    assert "café" in seen[0].vocab
+
+
+def _spy_tasks(monkeypatch):
+    from miniattn import train as train_module
+
+    seen = []
+
+    def spy(model, task, *args, **kwargs):
+        seen.append(task)
+        return train_module.train(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "train", spy)
+    return seen
+
+
+def test_text_options_change_the_vocabulary_and_are_recorded(tmp_path, capsys, monkeypatch):
+    from miniattn.tasks.text_options import TextOptions, parse_text_options
+
+    seen = _spy_tasks(monkeypatch)
+    data = DATA / "sentiment.tsv"
+    for i, extra in enumerate([[], ["--lowercase"], ["--lowercase", "--min-count", "2"],
+                               ["--lowercase", "--max-vocab", "5"], ["--max-length", "3"]]):
+        out_dir = tmp_path / f"run{i}"
+        status, _, err = run([*CLASSIFY, "--data", str(data), *extra, "--out", str(out_dir)], capsys)
+        assert status == 0, err
+        expected = parse_text_options(" ".join(extra)).load_classification(data)
+        assert seen[-1].vocab == expected.vocab and seen[-1].source_length == expected.source_length
+        # The options as given (None = not given) are part of the run's config.
+        stored = io.read_json(out_dir / CONFIG_NAME)["config"]["run"]
+        given = cli.build_parser().parse_args([*CLASSIFY, "--data", str(data), *extra])
+        assert {k: stored[k] for k in TextOptions._fields} == {k: getattr(given, k) for k in TextOptions._fields}
+        assert TextOptions(**{k: v for k, v in stored.items() if k in TextOptions._fields and v is not None}) \
+            == parse_text_options(" ".join(extra))
+    sizes = [len(t.vocab) for t in seen]
+    assert sizes[1] < sizes[0] and sizes[2] < sizes[1] and sizes[3] == 4 + 5
+    # A different text option is a different run: resuming is refused naming it.
+    status, out, err = run([*CLASSIFY, "--data", str(data), "--out", str(tmp_path / "run1")], capsys)
+    assert "--lowercase True (this command: None)" in _one_line_error(status, out, err)
+
+
+def test_text_summary_reports_data_header_and_memory(tmp_path, capsys):
+    status, out, err = run([*CLASSIFY, "--data", str(DATA / "reviews.csv"), "--held-out", "0.25"], capsys)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("data: examples 8, longest ") and "vocabulary" in lines[0]
+    assert lines[1] == "data: classes 2: negative (4), positive (4)"
+    assert lines[2] == "data: held out 2 (0.25), training on 6"
+    assert lines[3].startswith("data: header: line 1 skipped (auto-detected: its label 'label'")
+    assert lines[4].startswith("memory: about ") and "per training step" in lines[4]
+    status, out, err = run([*CLASSIFY, "--data", str(DATA / "reviews.csv"), "--no-header"], capsys)
+    assert "line 1: looks like a header line" in _one_line_error(status, out, err)
+    status, out, _ = run(["train", "--task", "parallel", "--source-file", str(DATA / "parallel.de"),
+                          "--target-file", str(DATA / "parallel.en"), "--dim", "4", "--max-length", "4",
+                          *TINY], capsys)
+    assert status == 0
+    assert "data: max_length: " in out and "pairs dropped" in out and "(dropped " in out.splitlines()[0]
+    # --quiet prints nothing, summary included.
+    assert run([*CLASSIFY, "--data", str(DATA / "sentiment.tsv"), "--quiet"], capsys)[1:] == ("", "")
+
+
+def test_memory_estimate_refuses_and_names_what_to_lower(tmp_path, capsys, monkeypatch):
+    argv = [*CLASSIFY, "--data", str(DATA / "sentiment.tsv"), "--out", str(tmp_path / "run")]
+    line = _one_line_error(*run([*argv, "--max-memory", "10K"], capsys))
+    assert "estimated peak memory" in line and "exceeds --max-memory 10.0 kB" in line
+    for option in ("--batch-size", "--eval-size", "--max-vocab"):
+        assert option in line
+    assert not (tmp_path / "run").exists()                      # refused before anything is written
+    monkeypatch.setattr(cli, "_memory_available", lambda: 4096)
+    line = _one_line_error(*run(argv, capsys))
+    assert "exceeds 4.0 kB available (MemAvailable)" in line
+    monkeypatch.setattr(cli, "_memory_available", lambda: None)  # unreadable: no check
+    assert run(argv, capsys)[0] == 0
+
+
+def test_memory_estimate_follows_the_formula(capsys):
+    args = cli.build_parser().parse_args(["train", "--model", "seq2seq", "--vocab", "60", "--length", "40",
+                                          "--batch-size", "128", "--eval-size", "256"])
+    cli._check_combination(args, None)
+    task = cli._build_task(args, np.random.default_rng(0))
+    model = cli._build_model(args, task, np.random.default_rng(1))
+    est = cli.estimate_memory(args, task, model)
+    S, T, C, d = task.source_length, task.target_length, task.output_vocab_size, 256
+    P = sum(v.size for v in model.params.values())
+    assert est["params"] == P and (est["source"], est["target"], est["classes"]) == (S, T, C)
+    assert est["train"] == 8 * (128 * (4 * T * C + 4 * T * S + 12 * (S + T) * d) + 4 * P)
+    assert est["eval"] == 8 * (256 * (3 * T * C + 2 * T * S + 6 * (S + T) * d) + 4 * P)
+    # Doubling the batch doubles the activation part only.
+    args.batch_size = 256
+    assert cli.estimate_memory(args, task, model)["train"] - est["train"] == est["train"] - 8 * 4 * P
+
+
+# --------------------------------------------------------------------------------------------------
+# Defaults, run state, threads
+# --------------------------------------------------------------------------------------------------
+
+def test_seq2seq_default_width_is_the_papers_256(tmp_path, capsys):
+    status, _, err = run(["train", "--vocab", "6", "--length", "4", "--steps", "0", "--out", str(tmp_path)], capsys)
+    assert status == 0, err
+    meta = io.read_json(tmp_path / CONFIG_NAME)["config"]
+    assert meta["model"]["dim"] == 256 and meta["run"]["dim"] == 256
+    status, _, err = run(["train", "--model", "classifier", "--vocab", "6", "--length", "4", "--steps", "0",
+                          "--out", str(tmp_path / "c")], capsys)
+    assert io.read_json(tmp_path / "c" / CONFIG_NAME)["config"]["model"]["dim"] == 64
+
+
+@pytest.mark.slow
+def test_headline_copy_command_reaches_095_with_defaults(capsys):
+    status, out, err = run(["train", "--model", "seq2seq", "--task", "copy", "--mode", "subset", "--vocab", "60",
+                            "--length", "40", "--seed", "0"], capsys)
+    assert status == 0, err
+    accuracy = float(out.split("token_accuracy ")[1].split()[0])
+    assert out.startswith("step 200") and accuracy > 0.95
+
+
+def test_extended_run_is_complete_and_never_advises_a_failing_resume(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    assert run([*SMALL_COPY, "--steps", "6", "--out", str(out_dir)], capsys)[0] == 0
+    meta = io.read_json(out_dir / CONFIG_NAME)["config"]
+    assert meta["train"]["steps"] == 6 and meta["run"]["steps_history"] == [4, 6]
+    status, out, _ = run(["eval", "--run", str(out_dir)], capsys)
+    assert status == 0 and out.startswith("step 6") and len(out.splitlines()) == 1
+    # Asking for fewer steps than the run has is refused in one line naming --steps.
+    line = _one_line_error(*run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys))
+    assert "trained to step 6, more than --steps 4" in line and "--steps 6" in line and "--fresh" in line
+    # A run extended by an older version (config.json still at the first --steps) is reported as
+    # complete, without resume advice.
+    whole = io.read_json(out_dir / CONFIG_NAME)
+    whole["config"]["train"]["steps"] = 4
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    status, out, _ = run(["eval", "--run", str(out_dir)], capsys)
+    assert "beyond its recorded --steps 4" in out and "resume" not in out
+
+
+def test_incomplete_run_advises_a_command_that_resumes(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = [*SMALL_COPY, "--steps", "8", "--out", str(out_dir)]
+    assert run(argv, capsys)[0] == 0
+    # Simulate an interruption after step 4: keep the checkpoint at step 4 of another run with
+    # the same options stopped there.
+    stopped = tmp_path / "stopped"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(stopped)], capsys)[0] == 0
+    whole = io.read_json(stopped / CONFIG_NAME)
+    whole["config"]["train"]["steps"] = 8
+    whole["config"]["run"]["steps"] = 8
+    whole["config"]["run"]["out"] = str(stopped)
+    io.atomic_write_json(stopped / CONFIG_NAME, whole)
+    status, out, _ = run(["eval", "--run", str(stopped)], capsys)
+    assert status == 0 and "incomplete: evaluated up to step 4 of --steps 8" in out
+    command = out.split("run: ", 1)[1].rstrip(")\n")
+    words = shlex.split(command)
+    assert words[:2] == ["miniattn", "train"] and "--steps" in words and words[words.index("--steps") + 1] == "8"
+    status, _, err = run(words[1:], capsys)
+    assert status == 0, err
+    assert (stopped / METRICS_NAME).read_bytes() == (out_dir / METRICS_NAME).read_bytes()
+
+
+def test_thread_setting_is_recorded_and_a_resume_with_another_warns(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "run"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    threads = io.read_json(out_dir / CONFIG_NAME)["config"]["run"]["threads"]
+    assert threads["OPENBLAS_NUM_THREADS"] == "1" and threads["OMP_NUM_THREADS"] is None
+    assert "threadpoolctl" in threads
+    # Same setting: no warning.
+    status, _, err = run([*SMALL_COPY, "--steps", "6", "--out", str(out_dir)], capsys)
+    assert (status, err) == (0, "")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    status, _, err = run([*SMALL_COPY, "--steps", "8", "--out", str(out_dir)], capsys)
+    assert status == 0                                           # a warning, not a refusal
+    (line,) = err.splitlines()
+    assert line.startswith("miniattn: warning: resuming") and "OPENBLAS_NUM_THREADS 1 -> 2" in line
+    assert "OMP_NUM_THREADS unset -> 2" in line and "1e-15" in line
+    # --fresh starts over: nothing to compare with.
+    status, _, err = run([*SMALL_COPY, "--steps", "4", "--fresh", "--out", str(out_dir)], capsys)
+    assert (status, err) == (0, "")
+
+
+def test_run_from_before_the_width_was_stored_resumes_with_its_width(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "2", "--dim", "64", "--out", str(out_dir)], capsys)[0] == 0
+    whole = io.read_json(out_dir / CONFIG_NAME)
+    whole["config"]["run"]["dim"] = None          # what an older version stored for the default width
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    i = SMALL_COPY.index("--dim")
+    legacy = SMALL_COPY[:i] + SMALL_COPY[i + 2:]
+    line = _one_line_error(*run([*legacy, "--steps", "4", "--out", str(out_dir)], capsys))
+    assert "--dim 64 (this command: 256)" in line
+    status, _, err = run([*legacy, "--dim", "64", "--steps", "4", "--out", str(out_dir)], capsys)
+    assert status == 0, err
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention snapshots and `miniattn plot` (when miniattn.runplot is present)
+# --------------------------------------------------------------------------------------------------
+
+def test_train_records_attention_snapshots_and_plot_draws_them(tmp_path, capsys):
+    runplot = pytest.importorskip("miniattn.runplot")
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    snaps = runplot.load_snapshots(out_dir)
+    assert snaps.steps.tolist() == [0, 2, 4] and snaps.attention.shape[:2] == (3, cli._PROBE_SIZE)
+    # Resumed in two pieces: the same snapshots as in one go.
+    split = tmp_path / "split"
+    assert run([*SMALL_COPY, "--steps", "2", "--out", str(split)], capsys)[0] == 0
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(split)], capsys)[0] == 0
+    again = runplot.load_snapshots(split)
+    assert again.steps.tolist() == snaps.steps.tolist()
+    np.testing.assert_array_equal(again.attention, snaps.attention)
+    # --fresh with another task (another probe) starts the snapshots over instead of failing.
+    status, _, err = run([*SMALL_COPY, "--steps", "2", "--vocab", "7", "--fresh", "--out", str(out_dir)], capsys)
+    assert status == 0, err
+    assert runplot.load_snapshots(out_dir).steps.tolist() == [0, 2]
+    status, out, err = run(["plot", "--run", str(out_dir), "--no-gif"], capsys)
+    assert status == 0, err
+    assert [Path(p).name for p in out.split()] == ["curves.png", "attention_example0.png"]
+    assert all(Path(p).stat().st_size > 0 for p in out.split())
+
+
+def test_plot_subcommand_options_are_documented(capsys):
+    pytest.importorskip("miniattn.runplot")
+    test_every_option_is_documented_with_its_default("plot", capsys)

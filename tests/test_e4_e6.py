@@ -51,7 +51,7 @@ def test_e4_quick_profile_end_to_end(tmp_path):
             assert c["n_to_decide"] is None or c["n_to_decide"] > 2
     assert [c["kind"] for c in claims] == ["reproduction"] * 3 + ["beyond"] * 3
     paths = plot("e4", root=tmp_path)
-    assert [p.name for p in paths] == ["e4_curves.png", "e4_success.png"]
+    assert [p.name for p in paths] == ["e4_curves.png", "e4_success.png", "e4_attention_stages.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     again = compute("e4", "quick", root=tmp_path, executor=SerialExecutor())
     assert again["runs_reused"] == len(again["runs"])

@@ -171,8 +171,14 @@ def test_load_csv_with_quoted_commas():
     assert ds.vocab.decode(ds.tokens(0)) == ["great", "food,", "friendly", "staff"]
     assert ds.vocab.decode(ds.tokens(3)) == ["the", '"special"', "was", "anything", "but", "special"]
     np.testing.assert_array_equal(ds.labels[:4], [1, 0, 1, 0])
-    # Without has_header the header row is an example with the label "label".
-    assert "label" in load_classification_file(REVIEWS).label_names
+    # Auto-detection (has_header=None) skips the same header line and says so; has_header=False
+    # refuses a first line whose label is a column name (it would become a class of one example).
+    auto = load_classification_file(REVIEWS, has_header=None)
+    assert auto.header_line == 1 and auto.vocab == ds.vocab and auto.labels.tolist() == ds.labels.tolist()
+    assert any("line 1 skipped" in note for note in auto.notes)
+    with pytest.raises(ValueError) as info:
+        load_classification_file(REVIEWS)
+    assert str(REVIEWS) in str(info.value) and "line 1" in str(info.value) and "--header" in str(info.value)
 
 
 def test_classification_fixed_labels_vocab_and_truncation(tmp_path):
@@ -444,3 +450,110 @@ def test_train_evaluates_on_the_held_out_part():
     assert len(seen) == 3
     for src in seen:
         np.testing.assert_array_equal(src, split.held_out_batch().source)
+
+
+# ==================================================================================================
+# One-line file errors: encoding, directories, missing and empty files, one class, header lines
+# ==================================================================================================
+
+def _one_line_error(exc_type, fn, *args, **kwargs) -> str:
+    with pytest.raises(exc_type) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv"])
+def test_classification_not_utf8_names_file_line_and_column(tmp_path, suffix):
+    sep = "\t" if suffix == ".tsv" else ","
+    path = tmp_path / f"latin{suffix}"
+    path.write_bytes(f"pos{sep}good film\nneg{sep}bad\npos{sep}caf".encode() + b"\xe9 ok\n")
+    msg = _one_line_error(ValueError, load_classification_file, path)
+    assert msg.startswith(f"{path}, line 3: not valid UTF-8 (byte 0xe9 at column 8)") and "--encoding" in msg
+    # The same file in its real encoding loads, é included.
+    ds = load_classification_file(path, encoding="latin-1")
+    assert "café" in ds.vocab
+
+
+def test_not_utf8_line_numbers_follow_universal_newlines(tmp_path):
+    for newline in ("\r\n", "\r"):
+        path = tmp_path / "crlf.tsv"
+        path.write_bytes(newline.join(["pos\tgood", "neg\tbad", "neg\tx\x80y"]).encode("latin-1"))
+        msg = _one_line_error(ValueError, load_classification_file, path)
+        assert msg.startswith(f"{path}, line 3: not valid UTF-8 (byte 0x80 at column 6)"), (newline, msg)
+
+
+def test_parallel_not_utf8_after_a_bom_counts_lines_of_the_file(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_bytes(b"\xef\xbb\xbfa b\nc \xff d\n")
+    tgt = write(tmp_path, "t.txt", "A B\nC D\n")
+    msg = _one_line_error(ValueError, load_parallel_files, src, tgt)
+    assert msg.startswith(f"{src}, line 2: not valid UTF-8 (byte 0xff at column 3)")
+
+
+def test_directories_missing_and_empty_files_are_one_line_errors(tmp_path):
+    ok = write(tmp_path, "ok.txt", "a\nb\n")
+    msg = _one_line_error(ValueError, load_classification_file, tmp_path)
+    assert msg == f"{tmp_path} is a directory, expected a text file"
+    msg = _one_line_error(ValueError, load_parallel_files, ok, tmp_path)
+    assert msg == f"{tmp_path} is a directory, expected a text file"
+    missing = tmp_path / "missing.tsv"
+    assert _one_line_error(FileNotFoundError, load_classification_file, missing) == f"{missing}: no such file"
+    assert _one_line_error(FileNotFoundError, load_parallel_files, missing, ok) == f"{missing}: no such file"
+    empty = write(tmp_path, "empty.tsv", "")
+    assert _one_line_error(ValueError, load_classification_file, empty).startswith(f"{empty}: empty file")
+    msg = _one_line_error(ValueError, load_parallel_files, ok, empty)
+    assert msg.startswith(f"{empty}: empty file")
+    with pytest.raises(ValueError, match="encoding: unknown text encoding 'nope'"):
+        load_classification_file(ok, encoding="nope")
+
+
+def test_classification_with_one_class_or_only_a_header(tmp_path):
+    one = write(tmp_path, "one.tsv", "pos\tgood\npos\tfine\n")
+    msg = _one_line_error(ValueError, load_classification_file, one)
+    assert str(one) in msg and "'pos'" in msg and "at least 2 classes" in msg
+    # Declared labels make a one-class file (e.g. a small test split) legitimate.
+    assert load_classification_file(one, labels=["neg", "pos"]).labels.tolist() == [1, 1]
+    header_only = write(tmp_path, "header.tsv", "label\ttext\n")
+    for has_header in (None, True):
+        msg = _one_line_error(ValueError, load_classification_file, header_only, has_header=has_header)
+        assert msg == f"{header_only}: only a header line (line 1), no examples found"
+    no_tab = write(tmp_path, "notab.tsv", "label text\npos\tgood\nneg\tbad\n")
+    msg = _one_line_error(ValueError, load_classification_file, no_tab)
+    assert f"{no_tab}, line 1" in msg and "--header" in msg
+    ds = load_classification_file(no_tab, has_header=True)
+    assert len(ds) == 2 and ds.header_line == 1 and ds.notes == ("header: line 1 skipped (--header)",)
+    # A quoted CSV header spanning two lines is skipped whole; the header line is where it starts.
+    csv_path = write(tmp_path, "two.csv", '\n"label\nname",text\npos,good\nneg,bad\n')
+    ds = load_classification_file(csv_path, has_header=True)
+    assert len(ds) == 2 and ds.header_line == 2
+
+
+@pytest.mark.parametrize("text, header", [
+    ("label\ttext\npos\tgood\nneg\tbad\n", True),                  # (a) a column name
+    ("Sentiment\tReview\npos\tgood\nneg\tbad\n", True),            # (a), any case
+    ("polarity\tsentence\npos\tgood\nneg\tbad\npos\tok\n", True),
+    ("stars\ttext\npos\tgood\nneg\tbad\npos\tok\nneg\tno\n", True),  # (b) unique label, one-word text
+    ("stars\ttext\npos\tgood\nneg\tbad\npos\tok\n", False),        # (b) fails: 'neg' occurs once
+    ("odd\tone two\npos\tgood\nneg\tbad\npos\tok\nneg\tno\n", False),  # (b) fails: two-word text
+    ("pos\tgood\nneg\tbad\npos\tfine\n", False),                   # the first label recurs
+    ("label\tgood\nlabel\tbad\nother\tx\n", False),               # 'label' recurs: it is a class
+])
+def test_header_auto_detection_rule(tmp_path, text, header):
+    path = write(tmp_path, "h.tsv", text)
+    ds = load_classification_file(path, has_header=None)
+    n_records = text.count("\n")
+    assert (ds.header_line == 1) is header and len(ds) == n_records - header
+    assert len(ds.notes) == 1 and ds.notes[0].startswith("header: " + ("line 1 skipped" if header else "none"))
+
+
+def test_max_length_truncation_and_dropped_pairs_are_counted(tmp_path):
+    ds = load_classification_file(write(tmp_path, "c.tsv", "pos\ta b c\nneg\td\n"), max_length=2)
+    assert ds.n_truncated == 1 and any("1 of 2 texts cut to 2" in n for n in ds.notes)
+    s = write(tmp_path, "s.txt", "a b c\nd\n")
+    t = write(tmp_path, "t.txt", "A\nD\n")
+    pairs = load_parallel_files(s, t, max_length=2)
+    assert pairs.n_dropped == 1 and pairs.notes == ("max_length: 1 of 2 pairs dropped (a side longer than "
+                                                    "2 tokens)",)
+    assert load_parallel_files(s, t).notes == ()

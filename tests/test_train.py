@@ -547,3 +547,18 @@ def test_real_multihead_seq2seq_resumes_bit_identically(tmp_path):
     m3, t3, o3 = build()
     assert train(m3, t3, o3, seed=4, out_dir=tmp_path / "cut", **kw) == full
     assert_same_params(m3.params, model.params)
+
+
+def test_progress_rate_counts_only_this_process_steps():
+    """After a resume at step 100, 10 more steps in 2 s are 5 steps/s, not 55."""
+    import io as _io
+
+    from miniattn.history import History
+    from miniattn.progress import ProgressEvent, StderrProgress
+
+    out = _io.StringIO()
+    show = StderrProgress(out)
+    show(ProgressEvent(100, 200, None, None, History(), 0.0, None))
+    show.last_draw = -float("inf")
+    show(ProgressEvent(110, 200, 1.0, None, History(), 2.0, 18.0))
+    assert "5.0 steps/s" in out.getvalue() and "55.0" not in out.getvalue()

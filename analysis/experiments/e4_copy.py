@@ -19,6 +19,13 @@ difference of the two rates with Newcombe's hybrid score interval (:func:`newcom
 
 Seeds: run i of an arm uses ``SeedSequence(ROOT_SEED, spawn_key=(i,))``; child 0 initialises the
 model, child 1 draws the training batches and the held-out batch. The two arms use the same seeds.
+
+Attention over training (the two stages, seen): the first seed of the ``adam`` setting of each arm
+(``probe_snapshots`` in its config; only those runs, to keep the stored results small) also records,
+at every evaluation (the ``on_eval`` hook of :func:`miniattn.train.train`), the attention
+α[t, s] = softmax_s(score(t, s)) of one fixed probe example, drawn once from child 2 of the run's seed
+(independent of the model's initialisation and of the batches, which children 0 and 1 still draw).
+The figure ``e4_attention_stages`` shows these maps for subsets and permutations side by side.
 """
 
 from __future__ import annotations
@@ -97,28 +104,79 @@ def runs(profile: str) -> list:
                         "optimizer": st["optimizer"], "lr": st["lr"], "steps": st["steps"],
                         "batch": st["batch"], "dim": st["dim"], "dtype": st["dtype"],
                         "eval_every": shared["eval_every"], "eval_size": shared["eval_size"],
-                        "success_threshold": SUCCESS, "seed": seed}
+                        "success_threshold": SUCCESS, "seed": seed,
+                        "probe_snapshots": st["name"] == "adam" and i == 0}
                 out.append(spec(f"{st['name']}-{arm}-s{i:02d}", conf))
     return out
 
 
+class ProbeAttention:
+    """An ``on_eval(step, model, record)`` hook: the attention of a fixed probe batch at each evaluation.
+
+    At every evaluation step k it stores ``α_k = model.forward(probe).attention`` restricted to the
+    probe's first example, α_k[t, s] = softmax_s(score_k(t, s)) (the weight output position t puts
+    on source position s after k optimiser steps), as float32.
+
+    Parameters
+    ----------
+    probe : Seq2SeqBatch
+        The probe batch (only its example 0 is kept), fixed for the whole run.
+
+    Attributes
+    ----------
+    steps : list of int
+        The evaluation steps, in the order they were recorded.
+    maps : list of float32 arrays (T, S)
+        α_k of example 0 at each recorded step (single-head models: ``attention`` is (B, T, S)).
+    """
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.steps: list[int] = []
+        self.maps: list[np.ndarray] = []
+
+    def __call__(self, step: int, model, record) -> None:
+        attention = np.asarray(model.forward(self.probe).attention)
+        if attention.ndim != 3:
+            raise ValueError(f"ProbeAttention expects single-head attention (B, T, S), got shape {attention.shape}")
+        self.steps.append(int(step))
+        self.maps.append(attention[0].astype(np.float32))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The run-result arrays: ``probe_steps`` (K,), ``probe_attention`` (K, T, S), and the probe's
+        ``probe_source`` (S,), ``probe_target`` (T,), ``probe_alignment`` (T,) token ids / positions."""
+        return {"probe_steps": np.asarray(self.steps, dtype=np.int64),
+                "probe_attention": np.stack(self.maps),
+                "probe_source": np.asarray(self.probe.source[0], dtype=np.int64),
+                "probe_target": np.asarray(self.probe.target_out[0], dtype=np.int64),
+                "probe_alignment": np.asarray(self.probe.alignment[0], dtype=np.int64)}
+
+
 def run(config: dict) -> dict:
-    """Train one seq2seq model on one copy distribution; return its learning curves."""
+    """Train one seq2seq model on one copy distribution; return its learning curves.
+
+    With ``config["probe_snapshots"]`` the result also holds the attention of a fixed probe example at
+    every evaluation (:class:`ProbeAttention`, arrays ``probe_*``).
+    """
     from miniattn.models.seq2seq import Seq2SeqAttention
     from miniattn.optim import make_optimizer
     from miniattn.tasks import CopyTask
     from miniattn.train import TrainingDiverged, train
 
-    init_seq, train_seq = seed_children(config["seed"], 2)
+    # Children are derived from the seed's spawn key, so children 0 and 1 are those of a 2-child split.
+    init_seq, train_seq, probe_seq = seed_children(config["seed"], 3)
     mode = "permutation" if config["vocab"] == config["length"] else "subset"
     task = CopyTask(config["length"], config["vocab"], mode)
     model = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
                              task.target_length, dim=config["dim"], rng=np.random.default_rng(init_seq),
                              dtype=np.dtype(config["dtype"]))
     opt = make_optimizer(config["optimizer"], model.params, lr=config["lr"])
+    probe = (ProbeAttention(task.sample(np.random.default_rng(probe_seq), 1))
+             if config.get("probe_snapshots", False) else None)
     try:
         hist = train(model, task, opt, steps=config["steps"], batch_size=config["batch"], seed=train_seq,
-                     eval_every=config["eval_every"], eval_size=config["eval_size"], progress=False)
+                     eval_every=config["eval_every"], eval_size=config["eval_size"], progress=False,
+                     on_eval=probe)
     except TrainingDiverged as exc:
         # A diverged run is a failed run, recorded as such (not a crash of the whole sweep).
         n = config["steps"] // config["eval_every"] + 1
@@ -130,6 +188,12 @@ def run(config: dict) -> dict:
     acc = hist.metric("token_accuracy")
     steps = hist.eval_steps()
     above = np.flatnonzero(acc > config["success_threshold"])
+    snapshots = {}
+    if probe is not None:
+        snapshots = probe.arrays()
+        if not np.array_equal(snapshots["probe_steps"], steps):
+            raise RuntimeError(f"probe snapshots at steps {snapshots['probe_steps'].tolist()} do not match "
+                               f"the evaluation steps {np.asarray(steps).tolist()}")
     return {
         "steps": steps, "token_accuracy": acc, "attention_accuracy": hist.metric("attention_accuracy"),
         "loss": hist.metric("loss"), "train_loss": np.asarray(hist.train_loss),
@@ -138,6 +202,7 @@ def run(config: dict) -> dict:
         "success": bool(acc[-1] > config["success_threshold"]),
         "steps_to_success": int(steps[above[0]]) if above.size else None,
         "diverged": None,
+        **snapshots,
     }
 
 
@@ -311,11 +376,19 @@ def notes(results) -> list:
     out.append("Verdicts compare each interval with its criterion: a rate claim holds only when its whole "
                "Wilson interval lies in the region; the contrast uses Newcombe's hybrid score interval of "
                "the difference of two rates (built from the two Wilson intervals).")
+    probed = [r for r in results if "probe_attention" in r.data]
+    if probed:
+        out.append("Figure e4_attention_stages: the attention α (target position × source position) of one "
+                   "fixed probe example (drawn from child 2 of the seed) at about 6 evaluation steps, for "
+                   "the first seed of the adam setting of each arm (" + ", ".join(r.name for r in probed)
+                   + "), beside that run's held-out token and attention accuracy (a learned copy attends along "
+                   "the diagonal t = s).")
     return out
 
 
 def figures(results) -> list:
-    """Learning curves (token and attention accuracy) and success rates with Wilson intervals."""
+    """Learning curves (token and attention accuracy), success rates with Wilson intervals, and the
+    probe's attention maps at ~6 checkpoints for subsets and permutations (runs with ``probe_*`` arrays)."""
     from analysis import plotting as P
 
     settings = _setting_info(results)
@@ -364,4 +437,21 @@ def figures(results) -> list:
                   title=f"copy L={results.records[0].config['length']}: "
                         + ", ".join(f"{st['name']} {st['seeds']} seeds/arm" for st in settings))
     paths.append(P.save_figure(fig, "e4_success", root=results.root))
+
+    # The two stages, seen: the probe's attention over training, subsets above permutations.
+    rows = []
+    for arm in ("subset", "permutation"):
+        snap = [r for r in results.where(arm=arm) if "probe_attention" in r.data]
+        if not snap:
+            continue
+        r = snap[0]
+        c = r.config
+        rows.append({"label": f"{arm} L={c['length']}, V={c['vocab']}\n{c['optimizer']}, seed 0",
+                     "color": P.COLORS[arm], "steps": r.data["probe_steps"],
+                     "attention": r.data["probe_attention"],
+                     "curve_steps": r.data["steps"], "token_accuracy": r.data["token_accuracy"],
+                     "attention_accuracy": r.data["attention_accuracy"]})
+    if rows:
+        fig = P.attention_stages_figure(rows, checkpoints=6, threshold=threshold)
+        paths.append(P.save_figure(fig, "e4_attention_stages", root=results.root))
     return paths

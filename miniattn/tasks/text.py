@@ -20,12 +20,19 @@ unquoted extra commas are kept as part of the text). Blank lines are skipped.
 Parallel: two files with one sentence per line, line i of one the translation of line i of the
 other. Trailing blank lines at the end of a file are ignored; any other blank line is an error.
 
-Every malformed line raises a ``ValueError`` that names the file and the line number.
+Every malformed line raises a one-line ``ValueError`` that names the file and the line number;
+so do bytes that are not valid in the file's encoding (``FILE, line N: not valid UTF-8 (byte 0x..
+at column C)``), a directory, an empty file, and a classification file with a single class. A
+missing file is a ``FileNotFoundError`` (``FILE: no such file``). Header lines of classification
+files: see :func:`detect_header`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -40,7 +47,8 @@ from miniattn.tasks.vocabulary import (BOS_ID, EOS_ID, PAD_ID, RESERVED_TOKENS, 
 __all__ = [
     "RESERVED_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
     "tokenize", "Vocabulary", "ClassificationDataset", "ParallelDataset",
-    "load_classification_file", "load_parallel_files", "draw_indices",
+    "load_classification_file", "load_parallel_files", "draw_indices", "detect_header",
+    "HEADER_LABEL_WORDS",
 ]
 
 
@@ -129,7 +137,9 @@ class ClassificationDataset:
     ----------
     input_vocab_size = len(vocab), output_vocab_size = n_classes = len(label_names),
     source_length = the longest sequence (every batch has this width), target_length = 1,
-    pad_id = vocab.pad_id, bos_id = eos_id = None, labels (n,), lengths (n,).
+    pad_id = vocab.pad_id, bos_id = eos_id = None, labels (n,), lengths (n,);
+    header_line (the line :func:`load_classification_file` skipped as a header, or None),
+    n_truncated (texts cut by its ``max_length``), notes (tuple of str: what the loader decided).
     """
 
     def __init__(self, sequences: Sequence, labels, vocab: Vocabulary, label_names: Sequence[str]):
@@ -155,6 +165,11 @@ class ClassificationDataset:
         self.target_length = 1
         self.pad_id = vocab.pad_id
         self.bos_id = self.eos_id = None
+        # Set by load_classification_file: the skipped header line, texts cut by max_length, and what
+        # the loader decided (one line each, for the dataset summary).
+        self.header_line: int | None = None
+        self.n_truncated = 0
+        self.notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self._seqs)
@@ -213,6 +228,7 @@ class ParallelDataset:
     source_length = longest source + 1, target_length = longest target + 1,
     pad_id = 0, bos_id = 2, eos_id = 3 (shared by both vocabularies; ``source_pad_id`` and
     ``source_eos_id`` are the same ids).
+    n_dropped (pairs :func:`load_parallel_files` left out by ``max_length``), notes (tuple of str).
     """
 
     def __init__(self, sources: Sequence, targets: Sequence, src_vocab: Vocabulary,
@@ -235,6 +251,7 @@ class ParallelDataset:
         self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
         self.source_pad_id, self.source_eos_id = PAD_ID, EOS_ID
         self.n_dropped = 0  # pairs left out by load_parallel_files(max_length=...)
+        self.notes: tuple[str, ...] = ()  # what load_parallel_files decided, one line each
 
     def __len__(self) -> int:
         return len(self._src)
@@ -281,41 +298,152 @@ class ParallelDataset:
 # Loaders
 # --------------------------------------------------------------------------------------------------
 
+def _check_encoding(encoding) -> str:
+    """``encoding`` if Python knows that text encoding, else a one-line ``ValueError``."""
+    if not isinstance(encoding, str):
+        raise TypeError(f"encoding must be a str naming a text encoding, got {type(encoding).__name__}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"encoding: unknown text encoding {encoding!r} (e.g. 'utf-8-sig', 'latin-1', "
+                         f"'cp1252')") from None
+    return encoding
+
+
+def _encoding_label(encoding: str) -> str:
+    """How an error names the encoding: ``UTF-8`` for any spelling of UTF-8 (with or without BOM)."""
+    name = codecs.lookup(encoding).name
+    return "UTF-8" if name in ("utf-8", "utf-8-sig") else name
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    """The whole text of ``path`` decoded with ``encoding`` (a UTF-8 byte-order mark is stripped by
+    ``utf-8-sig``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``"FILE: no such file"``.
+    ValueError
+        ``"FILE is a directory, expected a text file"``; for bytes that do not decode,
+        ``"FILE, line N: not valid UTF-8 (byte 0x.. at column C); pass --encoding"``, where N is
+        the 1-based line and C the 1-based character column of the first offending byte.
+    """
+    encoding = _check_encoding(encoding)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, expected a text file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raw = exc.object if isinstance(exc.object, bytes) else data  # the bytes after any stripped BOM
+        # Lines as the loaders count them (universal newlines: \n, \r\n or \r).
+        before = raw[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode(encoding, errors="replace")) + 1
+        raise ValueError(f"{path}, line {line}: not valid {_encoding_label(encoding)} (byte "
+                         f"0x{raw[exc.start]:02x} at column {column}); pass --encoding (e.g. "
+                         f"--encoding latin-1) if the file uses another encoding") from None
+
+
 def _numbered_lines(path: Path, encoding: str) -> list[tuple[int, str]]:
     """(line number, line without its newline) for every line; universal newlines, BOM stripped."""
-    with open(path, encoding=encoding, newline=None) as f:
-        return [(n, line.rstrip("\n")) for n, line in enumerate(f, start=1)]
+    stream = io.StringIO(_read_text(path, encoding), newline=None)
+    return [(n, line.rstrip("\n")) for n, line in enumerate(stream, start=1)]
 
 
-def _classification_records(path: Path, fmt: str, encoding: str, has_header: bool):
-    """Yield (line number, label, text) of every non-blank record of a TSV or CSV file."""
+def _classification_records(path: Path, fmt: str, encoding: str, skip_first: bool):
+    """``(records, skipped)``: (line number, label, text) of every non-blank record of a TSV or CSV
+    file, and the line number of the first record if ``skip_first`` dropped it unparsed (else None)."""
+    records, skipped = [], None
     if fmt == "tsv":
-        lines = _numbered_lines(path, encoding)
-        for n, line in lines[1:] if has_header else lines:
+        for n, line in _numbered_lines(path, encoding):
             if not line.strip():
                 continue
+            if skip_first and skipped is None:
+                skipped = n
+                continue
             if "\t" not in line:
+                hint = " (a header line? pass --header)" if not records else ""
                 raise ValueError(f"{path}, line {n}: missing the tab between label and text "
-                                 f"(expected 'label<TAB>text')")
+                                 f"(expected 'label<TAB>text'){hint}")
             label, text = line.split("\t", 1)
-            yield n, label, text
-        return
-    with open(path, encoding=encoding, newline="") as f:  # newline="": csv handles quoted newlines
+            records.append((n, label, text))
+        return records, skipped
+    text = _read_text(path, encoding)
+    with io.StringIO(text, newline="") as f:  # newline="": csv handles quoted newlines
         reader = csv.reader(f, strict=True)
         try:
-            for i, row in enumerate(reader):
-                if i == 0 and has_header:
-                    continue
+            for row in reader:
                 if not row or all(not field.strip() for field in row):
+                    continue
+                if skip_first and skipped is None:
+                    skipped = reader.line_num - _row_lines(row) + 1
                     continue
                 if len(row) < 2:
                     raise ValueError(f"{path}, line {reader.line_num}: missing field: expected "
                                      f"'label,text', got {len(row)} field")
                 # An unquoted comma inside the text splits it; the label is always first, so the
                 # rest is rejoined rather than lost.
-                yield reader.line_num, row[0], ",".join(row[1:])
+                records.append((reader.line_num, row[0], ",".join(row[1:])))
         except csv.Error as exc:
             raise ValueError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from exc
+    return records, skipped
+
+
+def _row_lines(row: list[str]) -> int:
+    """How many physical lines a parsed CSV row spans (quoted fields may hold newlines)."""
+    return 1 + sum(field.count("\n") for field in row)
+
+
+#: Label-column names that make a first record a header (compared lower-cased, see :func:`detect_header`).
+HEADER_LABEL_WORDS = frozenset({"label", "labels", "class", "classes", "category", "categories", "sentiment",
+                                "target", "targets", "y", "tag", "polarity", "gold", "gold_label", "intent"})
+
+
+def detect_header(labels: Sequence[str], texts: Sequence[str]) -> tuple[bool, str]:
+    """Decide whether the first record of a classification file is a header (column names).
+
+    Rule: the first record is a header when its label does not recur anywhere else in the label
+    column **and** either
+
+    (a) its label, lower-cased, is a common label-column name (:data:`HEADER_LABEL_WORDS`: label,
+        class, category, sentiment, target, ...), or
+    (b) every other label occurs at least twice and the first record's text is a single word
+        (a column name such as ``text`` or ``sentence``).
+
+    Otherwise it is an example. (b) can misfire on a tiny file whose first example has a class of its
+    own and a one-word text; pass ``has_header=False`` (``--no-header``) then.
+
+    Parameters
+    ----------
+    labels : sequence of str (n,)
+        The label field of every record, in file order (stripped).
+    texts : sequence of str (n,)
+        The text field of every record.
+
+    Returns
+    -------
+    (is_header, reason) : (bool, str)
+        ``reason`` says which part of the rule decided, for the dataset summary.
+    """
+    labels, texts = list(labels), list(texts)
+    if not labels:
+        return False, "no records"
+    first, rest = labels[0], Counter(labels[1:])
+    if first in rest:
+        return False, f"its label {first!r} recurs in the label column"
+    if first.lower() in HEADER_LABEL_WORDS:
+        return True, f"its label {first!r} is a column name and does not recur"
+    if rest and min(rest.values()) >= 2 and len(texts[0].split()) == 1:
+        return True, (f"its label {first!r} occurs only there while every other label recurs, "
+                      f"and its text {texts[0].strip()!r} is one word")
+    return False, f"its label {first!r} is not a column name"
 
 
 def _label_order(names: Iterable[str]) -> list[str]:
@@ -330,7 +458,7 @@ def _label_order(names: Iterable[str]) -> list[str]:
 def load_classification_file(path, *, format: str | None = None, lowercase: bool = False,
                              min_count: int = 1, max_size: int | None = None,
                              vocab: Vocabulary | None = None, labels: Sequence[str] | None = None,
-                             max_length: int | None = None, has_header: bool = False,
+                             max_length: int | None = None, has_header: bool | None = False,
                              encoding: str = "utf-8-sig") -> ClassificationDataset:
     """Load a ``label<TAB>text`` (TSV) or ``label,text`` (CSV) file.
 
@@ -347,11 +475,16 @@ def load_classification_file(path, *, format: str | None = None, lowercase: bool
         An existing vocabulary (e.g. the training set's, for a test file); None builds one.
     labels : sequence of str or None
         The label names in class-id order; a label outside it is an error. None: the labels found,
-        sorted (numerically if they are all integers).
+        sorted (numerically if they are all integers); then at least two classes are required.
     max_length : int >= 1 or None
-        Keep only the first ``max_length`` tokens of each text.
-    has_header : bool, default False
-        Skip the first line (TSV) or record (CSV).
+        Keep only the first ``max_length`` tokens of each text (``dataset.n_truncated`` counts the
+        texts cut).
+    has_header : bool or None, default False
+        True: skip the first record (the first non-blank line of a TSV file, the first CSV record).
+        None: decide with :func:`detect_header`. False: the first record is an example, except that
+        one which :func:`detect_header` would call a header by its label-column name (rule (a)) is
+        an error, since it would become a class of one example. The decision is in
+        ``dataset.header_line`` (the skipped line, or None) and ``dataset.notes``.
     encoding : str, default "utf-8-sig" (UTF-8, with or without a byte-order mark)
 
     Returns
@@ -360,9 +493,13 @@ def load_classification_file(path, *, format: str | None = None, lowercase: bool
 
     Raises
     ------
+    FileNotFoundError
+        ``"FILE: no such file"``.
     ValueError
-        Naming the file and line for a line without the separator, an empty label, an empty text,
-        a label not in ``labels``, or malformed CSV quoting; and for a file without examples.
+        One line naming the file (and the line, where there is one) for: a directory, bytes that
+        are not valid in ``encoding``, an empty file, a file with only a header, a line without the
+        separator, an empty label, an empty text, a label not in ``labels``, malformed CSV quoting,
+        a header line read as an example, and a file whose examples all have one label.
     """
     path = Path(path)
     if format is None:
@@ -371,13 +508,40 @@ def load_classification_file(path, *, format: str | None = None, lowercase: bool
         raise ValueError(f"format must be 'tsv', 'csv' or None, got {format!r}")
     if max_length is not None:
         max_length = _check_int("max_length", max_length, 1)
+    if has_header is not None and not isinstance(has_header, bool):
+        raise TypeError(f"has_header must be True, False or None (auto-detect), got {has_header!r}")
     if labels is not None:
         labels = _token_list("labels", labels)
         if len(set(labels)) != len(labels) or not labels:
             raise ValueError(f"labels must be distinct and non-empty, got {labels}")
 
-    label_strs, token_lists = [], []
-    for n, label, text in _classification_records(path, format, encoding, has_header):
+    records, skipped = _classification_records(path, format, encoding, skip_first=has_header is True)
+    if skipped is not None and not records:
+        raise ValueError(f"{path}: only a header line (line {skipped}), no examples found")
+    if not records:
+        raise ValueError(f"{path}: empty file, no examples found (expected 'label<TAB>text' or "
+                         f"'label,text' lines)")
+    notes, header_line = [], skipped
+    is_header, reason = detect_header([r[1].strip() for r in records], [r[2] for r in records])
+    first_n, first_label = records[0][0], records[0][1].strip()
+    if has_header:
+        notes.append(f"header: line {skipped} skipped (--header)")
+    elif has_header is None:
+        if is_header:
+            header_line = first_n
+            notes.append(f"header: line {first_n} skipped (auto-detected: {reason}; --no-header keeps it)")
+        else:
+            notes.append(f"header: none (auto-detected: {reason}; --header skips line {first_n})")
+    elif is_header and first_label.lower() in HEADER_LABEL_WORDS and labels is None:
+        raise ValueError(f"{path}, line {first_n}: looks like a header line ({reason}); pass --header "
+                         f"(has_header=True) to skip it, or rename that label")
+    if header_line is not None and has_header is None:
+        records = records[1:]
+        if not records:
+            raise ValueError(f"{path}: only a header line (line {header_line}), no examples found")
+
+    label_strs, token_lists, truncated = [], [], 0
+    for n, label, text in records:
         label = label.strip()
         if not label:
             raise ValueError(f"{path}, line {n}: empty label")
@@ -387,19 +551,27 @@ def load_classification_file(path, *, format: str | None = None, lowercase: bool
         if not toks:
             raise ValueError(f"{path}, line {n}: empty text (label {label!r} has no tokens)")
         label_strs.append(label)
-        token_lists.append(toks[:max_length] if max_length is not None else toks)
-    if not token_lists:
-        raise ValueError(f"{path}: no examples found")
+        if max_length is not None and len(toks) > max_length:
+            truncated += 1
+            toks = toks[:max_length]
+        token_lists.append(toks)
 
     names = list(labels) if labels is not None else _label_order(label_strs)
+    if labels is None and len(names) < 2:
+        raise ValueError(f"{path}: every example ({len(label_strs)}) has the label {names[0]!r}; "
+                         f"a classification file needs at least 2 classes")
     label_id = {name: i for i, name in enumerate(names)}
     if vocab is None:
         vocab = Vocabulary.build(token_lists, min_count=min_count, max_size=max_size)
     elif not isinstance(vocab, Vocabulary):
         raise TypeError(f"vocab must be a Vocabulary or None, got {type(vocab).__name__}")
-    return ClassificationDataset([vocab.encode(t) for t in token_lists],
-                                 np.array([label_id[s] for s in label_strs], dtype=np.int64),
-                                 vocab, names)
+    ds = ClassificationDataset([vocab.encode(t) for t in token_lists],
+                               np.array([label_id[s] for s in label_strs], dtype=np.int64),
+                               vocab, names)
+    if truncated:
+        notes.append(f"max_length: {truncated} of {len(ds)} texts cut to {max_length} tokens")
+    ds.header_line, ds.n_truncated, ds.notes = header_line, truncated, tuple(notes)
+    return ds
 
 
 def _sentence_lines(path: Path, encoding: str) -> list[tuple[int, str]]:
@@ -434,15 +606,20 @@ def load_parallel_files(src_path, tgt_path, *, lowercase: bool = False, min_coun
 
     Raises
     ------
+    FileNotFoundError
+        ``"FILE: no such file"``.
     ValueError
-        If the files have different numbers of lines (naming both files and the first line without
-        a counterpart), if a line is blank on either side (naming the file and line), or if no pair
-        is left.
+        One line each: a directory, bytes not valid in ``encoding`` (file, line and column), an
+        empty file; files with different numbers of lines (naming both files and the first line
+        without a counterpart); a blank line on either side (naming the file and line); no pair left.
     """
     src_path, tgt_path = Path(src_path), Path(tgt_path)
     if max_length is not None:
         max_length = _check_int("max_length", max_length, 1)
     src_lines, tgt_lines = _sentence_lines(src_path, encoding), _sentence_lines(tgt_path, encoding)
+    for p, lines in ((src_path, src_lines), (tgt_path, tgt_lines)):
+        if not lines:
+            raise ValueError(f"{p}: empty file, no sentences found (expected one sentence per line)")
     if len(src_lines) != len(tgt_lines):
         short, long_, n_short = ((src_path, tgt_path, len(src_lines)) if len(src_lines) < len(tgt_lines)
                                  else (tgt_path, src_path, len(tgt_lines)))
@@ -473,4 +650,7 @@ def load_parallel_files(src_path, tgt_path, *, lowercase: bool = False, min_coun
     ds = ParallelDataset([vocabs[0].encode(t) for t in src_toks], [vocabs[1].encode(t) for t in tgt_toks],
                          vocabs[0], vocabs[1])
     ds.n_dropped = dropped
+    if dropped:
+        ds.notes = (f"max_length: {dropped} of {len(src_lines)} pairs dropped (a side longer than "
+                    f"{max_length} tokens)",)
     return ds
