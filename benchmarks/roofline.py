@@ -183,7 +183,7 @@ _PHASES = [("validate the batch (Seq2SeqAttention._check_batch)", "_check_batch"
            ("output layer backward (2 GEMMs + dlogits)", "softmax_output_backward", "layers.py"),
            ("attention backward (6 GEMMs + softmax backward)", "attention_backward", "layers.py"),
            ("embedding backward (CSR scatter-add)", "embedding_backward", "layers.py"),
-           ("multi-head forward (projections + stacked heads)", "multihead_attention_forward", "layers.py"),
+           ("multi-head forward (projection GEMMs + heads folded into queries)", "multihead_attention_forward", "layers.py"),
            ("multi-head backward", "multihead_attention_backward", "layers.py"),
            ("Adam update (miniattn.optim.Adam.step)", "step", "optim.py"),
            ("whole loss_and_grads", "loss_and_grads", "seq2seq.py")]

@@ -8,6 +8,11 @@ Each block is a pair of pure functions in the CS231n style::
 The cache is a ``NamedTuple`` holding exactly what the backward pass needs. Nothing is modified in
 place, no Python loop runs over batch, time or vocabulary, and every input is validated (see
 :mod:`miniattn._validate`). Arrays are float64 by default; float32 inputs stay float32.
+
+Finite inputs give finite outputs or a one-line :class:`~miniattn._validate.NonFiniteError` naming
+the quantity that overflowed (attention scores, context, a gradient, logits, log-probabilities,
+the loss). Softmax inputs are checked on their small reduced row maxima; other results where they
+are produced (for the attention blocks the (B, T, 1) ``sum alpha ⊙ dalpha`` and the returned arrays).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse
 
-from miniattn._validate import bool_array, float_array, int_array, result_dtype
+from miniattn._validate import NonFiniteError, bool_array, float_array, int_array, result_dtype
 
 __all__ = [
     "EmbeddingCache", "embedding_forward", "embedding_backward",
@@ -32,27 +37,105 @@ __all__ = [
 # Shared numerics
 # --------------------------------------------------------------------------------------------------
 
-def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Stable ``log softmax``: ``z - max z - log sum exp(z - max z)`` along ``axis``."""
-    shifted = logits - np.max(logits, axis=axis, keepdims=True)
+def _require_finite(what: str, arr: np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` if ``arr`` (computed from finite inputs) is not finite."""
+    if not np.isfinite(arr).all():
+        raise NonFiniteError(f"{what} overflowed to inf or NaN (beyond {arr.dtype} range) from finite inputs")
+
+
+def _check_row_max(name: str, row_max: np.ndarray, masked: bool) -> None:
+    """Check the (small) reduced max of a softmax: finite, else a one-line error naming ``name``.
+
+    A NaN or +inf maximum means an unmasked entry is NaN or +inf (for finite inputs of a block: a
+    product that overflowed); a -inf maximum means a row with no unmasked finite entry.
+    """
+    if np.isfinite(row_max).all():
+        return
+    if np.isnan(row_max).any() or np.isposinf(row_max).any():
+        raise NonFiniteError(f"{name} overflowed to inf or NaN at unmasked entries (largest |{name}| beyond "
+                             f"{row_max.dtype} range) from finite inputs")
+    if masked:
+        raise NonFiniteError(f"{name} have a row with every entry masked or -inf; a softmax over no entries "
+                             "is undefined")
+    raise NonFiniteError(f"{name} have a row with every entry -inf; a softmax over no entries is undefined")
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1, *, name: str = "logits") -> np.ndarray:
+    """Stable ``log softmax``: ``z - max z - log sum exp(z - max z)`` along ``axis``.
+
+    Parameters
+    ----------
+    logits : float array, any shape
+    axis : int
+        The class axis.
+    name : str
+        What the logits are, for error messages.
+
+    Returns
+    -------
+    array, shape of ``logits``; every entry finite and ``<= 0``.
+
+    Raises
+    ------
+    NonFiniteError
+        If a row's maximum is NaN or ±inf (an unmasked NaN/inf, or every entry -inf), or if the
+        spread of a row exceeds the dtype's range so that a finite logit's log-probability would be
+        -inf. Both are checked on the reduced (..., 1) maximum; the spread only when that maximum
+        is large enough for the difference to overflow.
+    """
+    row_max = np.max(logits, axis=axis, keepdims=True)
+    _check_row_max(name, row_max, masked=False)
+    shifted = logits - row_max
+    finfo = np.finfo(shifted.dtype)
+    # z - max z (z >= -finfo.max) can overflow to -inf only if max z exceeds half an ulp of the largest
+    # float, about max·eps/4; below max·eps/8 (every ordinary case) the extra reduction is skipped.
+    if np.max(row_max) >= finfo.max * (finfo.eps / 8):
+        if np.any(np.isneginf(shifted) & np.isfinite(logits)):
+            raise NonFiniteError(f"log-probabilities from {name} overflowed to -inf (spread of a row beyond "
+                                 f"{shifted.dtype} range) from finite inputs")
     shifted -= np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))   # in place: one temporary fewer
     return shifted
 
 
-def masked_softmax(scores: np.ndarray, mask: np.ndarray | None, axis: int = -1) -> np.ndarray:
+def masked_softmax(scores: np.ndarray, mask: np.ndarray | None, axis: int = -1, *,
+                   name: str = "scores") -> np.ndarray:
     """Softmax along ``axis`` over the entries where ``mask`` is True; masked entries get exactly 0.
 
     ``mask`` broadcasts against ``scores``. The maximum is taken over unmasked entries only, so a
-    masked score of any size cannot overflow the exponent.
+    masked score of any size (also inf or NaN) cannot overflow the exponent or reach the result.
+    The normaliser ``sum exp(z - max z)`` lies in ``[1, n]`` once the maximum is finite, so only the
+    small reduced maximum is checked.
+
+    Parameters
+    ----------
+    scores : float array, any shape
+    mask : bool array broadcastable to ``scores``, or None
+        True where an entry takes part.
+    axis : int
+    name : str
+        What the scores are, for error messages.
+
+    Returns
+    -------
+    array, shape of ``scores``
+
+    Raises
+    ------
+    NonFiniteError
+        If an unmasked score is NaN or +inf (for a block's finite inputs: the score product
+        overflowed), or a row has every entry masked (or -inf).
     """
     if mask is not None and np.all(mask):
         mask = None   # nothing masked: skip three np.where passes (the result is bit-identical)
     if mask is None:
-        shifted = scores - np.max(scores, axis=axis, keepdims=True)
-        e = np.exp(shifted)
+        row_max = np.max(scores, axis=axis, keepdims=True)
+        _check_row_max(name, row_max, masked=False)
+        e = np.exp(scores - row_max)
     else:
         filled = np.where(mask, scores, -np.inf)
-        shifted = filled - np.max(filled, axis=axis, keepdims=True)
+        row_max = np.max(filled, axis=axis, keepdims=True)
+        _check_row_max(name, row_max, masked=True)
+        shifted = filled - row_max
         e = np.where(mask, np.exp(np.where(mask, shifted, 0.0)), 0.0)
     return e / np.sum(e, axis=axis, keepdims=True)
 
@@ -101,6 +184,11 @@ def embedding_backward(dout, cache: EmbeddingCache) -> np.ndarray:
     Returns
     -------
     dtable : array, shape (V, d)
+
+    Raises
+    ------
+    NonFiniteError
+        If the sum over repeated ids overflows (checked on the small (V, d) result).
     """
     V, d = cache.table_shape
     dout = float_array("dout", dout, allow_empty=True)
@@ -117,7 +205,9 @@ def embedding_backward(dout, cache: EmbeddingCache) -> np.ndarray:
         return np.zeros((V, d), dtype=out_dtype)
     select = sparse.csr_array((np.ones(ids.size, dtype=out_dtype), (ids, np.arange(ids.size))),
                               shape=(V, ids.size))
-    return np.asarray(select @ dout.reshape(-1, d), dtype=out_dtype)
+    dtable = np.asarray(select @ dout.reshape(-1, d), dtype=out_dtype)
+    _require_finite("embedding gradient (sum of dout over repeated ids)", dtable)   # (V, d): small
+    return dtable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,6 +242,27 @@ def _key_mask(mask, B: int, S: int) -> np.ndarray:
     return mask
 
 
+def _attention_core(projected, keys, values, mask, uniform: bool, queries, score_matrix):
+    """Scores, masked softmax and context of validated inputs (shared by the single- and multi-head blocks).
+
+    ``projected`` (B, T, dk) are the queries after the score matrix; ``mask`` is a validated (B, S)
+    mask or None. Returns ``context`` (B, T, dv) and the :class:`AttentionCache`.
+    """
+    B, T = projected.shape[:2]
+    S = keys.shape[1]
+    if uniform:
+        scores = np.zeros((B, T, S), dtype=result_dtype(projected, keys))
+    else:
+        # An overflowing score is reported by masked_softmax (a one-line NonFiniteError) if it is
+        # unmasked and harmless if masked, so NumPy's overflow warning is silenced for this product.
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = projected @ keys.transpose(0, 2, 1)
+    weights = masked_softmax(scores, None if mask is None else mask[:, None, :], name="attention scores")
+    context = weights @ values
+    cache = AttentionCache(queries, keys, values, score_matrix, projected, mask, weights, bool(uniform))
+    return context, cache
+
+
 def attention_forward(queries, keys, values, score_matrix=None, mask=None, uniform: bool = False):
     """Single-head (bilinear or dot-product) attention.
 
@@ -179,6 +290,12 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
     context : array, shape (B, T, dv)
     cache : AttentionCache
         ``cache.weights`` is ``alpha``, shape (B, T, S).
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow: an unmasked score (checked on the reduced row maximum) or the
+        context.
     """
     queries = float_array("queries", queries, ndim=3)
     keys = float_array("keys", keys, ndim=3)
@@ -201,14 +318,22 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
         projected = (queries.reshape(-1, dq) @ score_matrix).reshape(B, T, dk)
     if mask is not None:
         mask = _key_mask(mask, B, S)
-    if uniform:
-        scores = np.zeros((B, T, S), dtype=result_dtype(queries, keys))
-    else:
-        scores = projected @ keys.transpose(0, 2, 1)
-    weights = masked_softmax(scores, None if mask is None else mask[:, None, :])
-    context = weights @ values
-    cache = AttentionCache(queries, keys, values, score_matrix, projected, mask, weights, bool(uniform))
+    context, cache = _attention_core(projected, keys, values, mask, uniform, queries, score_matrix)
+    _require_finite("attention context", context)
     return context, cache
+
+
+def _attention_backward_core(dcontext, cache: AttentionCache):
+    """``(dvalues, dscores)`` of a validated ``dcontext``; ``dscores`` is None in the uniform twin."""
+    alpha, v = cache.weights, cache.values
+    dvalues = alpha.transpose(0, 2, 1) @ dcontext
+    if cache.uniform:
+        return dvalues, None
+    dalpha = dcontext @ v.transpose(0, 2, 1)
+    weighted = np.sum(alpha * dalpha, axis=-1, keepdims=True)       # (B, T, 1): checked cheaply
+    _require_finite("attention weight gradient (dcontext · values)", weighted)
+    dscores = alpha * (dalpha - weighted)
+    return dvalues, dscores
 
 
 def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
@@ -231,29 +356,38 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
     AttentionGrads
         ``queries`` (B, T, dq), ``keys`` (B, S, dk), ``values`` (B, S, dv), ``score_matrix``
         (dq, dk) or None. With ``uniform=True`` the first, second and last are zeros.
+
+    Raises
+    ------
+    NonFiniteError
+        If a gradient overflows from finite inputs (``sum_s alpha ⊙ dalpha`` is checked on its
+        reduced (B, T, 1) array, then each returned gradient).
     """
     q, k, v, W, qW, _, alpha, uniform = cache
     dcontext = float_array("dcontext", dcontext, ndim=3)
     expected = alpha.shape[:2] + (v.shape[2],)
     if dcontext.shape != expected:
         raise ValueError(f"dcontext must have shape {expected}, got {dcontext.shape}")
-    dvalues = alpha.transpose(0, 2, 1) @ dcontext
+    dvalues, dscores = _attention_backward_core(dcontext, cache)
+    _require_finite("gradient of the attention values", dvalues)
     if uniform:
         # Scores are constants in the uniform twin: nothing upstream of them gets a gradient.
         dq = np.zeros_like(q, dtype=np.result_type(q, dcontext))
         dk = np.zeros_like(k, dtype=np.result_type(k, dcontext))
         dW = None if W is None else np.zeros_like(W, dtype=np.result_type(W, dcontext))
         return AttentionGrads(dq, dk, dvalues, dW)
-    dalpha = dcontext @ v.transpose(0, 2, 1)
-    dscores = alpha * (dalpha - np.sum(alpha * dalpha, axis=-1, keepdims=True))
     dkeys = dscores.transpose(0, 2, 1) @ qW
+    _require_finite("gradient of the attention keys", dkeys)
     dprojected = dscores @ k
     if W is None:
+        _require_finite("gradient of the attention queries", dprojected)
         return AttentionGrads(dprojected, dkeys, dvalues, None)
     # One flat GEMM (B·T rows), as in the forward pass; a stacked matmul with the transposed view W.T
     # was the slowest form (float32 d=256: 12.4 ms stacked, 7.9 ms flat).
     dq = (dprojected.reshape(-1, dprojected.shape[2]) @ W.T).reshape(q.shape)
     dW = q.reshape(-1, q.shape[2]).T @ dprojected.reshape(-1, dprojected.shape[2])
+    _require_finite("gradient of the attention queries", dq)
+    _require_finite("gradient of the score matrix", dW)
     return AttentionGrads(dq, dkeys, dvalues, dW)
 
 
@@ -262,12 +396,13 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
 # --------------------------------------------------------------------------------------------------
 
 class MultiHeadCache(NamedTuple):
-    head_cache: AttentionCache   #: single-head cache over the (H*B) stacked heads
+    head_cache: AttentionCache   #: dot-product single-head cache, heads folded into the query axis (B, T·H, ·)
     queries: np.ndarray          #: (B, T, dq)
     values: np.ndarray           #: (B, S, dv)
     score_matrices: np.ndarray   #: (H, dq, dk)
     value_matrices: np.ndarray   #: (H, dv, do)
-    weights: np.ndarray          #: (H, B, T, S) attention of each head
+    weights: np.ndarray          #: (H, B, T, S) attention of each head (a view of head_cache.weights)
+    head_contexts: np.ndarray    #: (B·T, H·dv) alpha_h V of every head, side by side
 
 
 class MultiHeadGrads(NamedTuple):
@@ -285,11 +420,14 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     Equations::
 
         alpha_h  = attention weights of head h with score matrix W_h (as in attention_forward)
-        context  = (1/H) sum_h alpha_h (V P_h)
+        context  = (1/H) sum_h alpha_h (V P_h)  =  [alpha_1 V, …, alpha_H V] @ [P_1; …; P_H] / H
 
-    The heads are stacked along the batch axis and passed once through :func:`attention_forward`
-    with pre-projected queries ``Q W_h`` (dot-product scores), so this is the single-head block,
-    not a second implementation, and there is no Python loop over heads.
+    All heads attend over the same keys, values and mask, so they are one pass of the single-head
+    block (dot-product scores) with the heads folded into the query axis: the queries of position t
+    are the H rows ``Q[t] W_h`` (one (B·T, dq) @ (dq, H·dk) GEMM with ``[W_1 … W_H]``, whose output
+    already has that (B, T·H, dk) layout), and the value projection moves after the attention
+    average, as one (B·T, H·dv) @ (H·dv, do) GEMM. Nothing is copied per head and there is no
+    Python loop over heads.
 
     Parameters
     ----------
@@ -306,6 +444,11 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     context : array, shape (B, T, do)
     cache : MultiHeadCache
         ``cache.weights`` has shape (H, B, T, S).
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow (attention scores, or the context).
     """
     queries = float_array("queries", queries, ndim=3)
     keys = float_array("keys", keys, ndim=3)
@@ -317,34 +460,39 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
         raise ValueError(f"score_matrices and value_matrices must have the same number of heads; "
                          f"got {Ws.shape[0]} and {Ps.shape[0]}")
     B, T, dq = queries.shape
-    if Ws.shape[1:] != (dq, keys.shape[2]):
-        raise ValueError(f"score_matrices must have shape (H, dq, dk) = {(H, dq, keys.shape[2])}, got {Ws.shape}")
-    if Ps.shape[1] != values.shape[2]:
-        raise ValueError(f"value_matrices must have shape (H, dv={values.shape[2]}, do), got {Ps.shape}")
+    dk = keys.shape[2]
+    if Ws.shape[1:] != (dq, dk):
+        raise ValueError(f"score_matrices must have shape (H, dq, dk) = {(H, dq, dk)}, got {Ws.shape}")
+    dv, do = values.shape[2], Ps.shape[2]
+    if Ps.shape[1] != dv:
+        raise ValueError(f"value_matrices must have shape (H, dv={dv}, do), got {Ps.shape}")
     if keys.shape[0] != B or values.shape[:2] != keys.shape[:2]:
         raise ValueError(f"keys and values must share B and S; got queries {queries.shape}, "
                          f"keys {keys.shape}, values {values.shape}")
     S = keys.shape[1]
-    # (B·T, dq) @ (H, dq, dk) broadcasts to H GEMMs; einsum would not use BLAS here.
-    projected_q = np.matmul(queries.reshape(B * T, dq), Ws).reshape(H * B, T, -1)
-    projected_v = np.matmul(values.reshape(B * S, -1), Ps).reshape(H * B, S, -1)
-    stacked_keys = np.broadcast_to(keys, (H,) + keys.shape).reshape(H * B, S, -1)
-    # Checked here, before stacking, so that an error names batch rows, not stacked head-batch rows.
-    stacked_mask = None if mask is None else np.broadcast_to(
-        _key_mask(mask, B, S), (H, B, S)).reshape(H * B, S)
-    head_context, head_cache = attention_forward(projected_q, stacked_keys, projected_v,
-                                                 mask=stacked_mask, uniform=uniform)
-    context = head_context.reshape(H, B, T, -1).mean(axis=0)
-    weights = head_cache.weights.reshape(H, B, T, S)
-    return context, MultiHeadCache(head_cache, queries, values, Ws, Ps, weights)
+    mask = None if mask is None else _key_mask(mask, B, S)
+    w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq, H * dk)      # [W_1 … W_H]
+    # Row t·H + h of the folded queries is Q[t] W_h: the GEMM's (B·T, H·dk) output reshaped for free.
+    projected = (queries.reshape(B * T, dq) @ w_cat).reshape(B, T * H, dk)
+    head_context, head_cache = _attention_core(projected, keys, values, mask, uniform, projected, None)
+    head_contexts = head_context.reshape(B * T, H * dv)                           # [alpha_1 V, …]
+    p_cat = Ps.reshape(H * dv, do) / H                                            # [P_1; …; P_H] / H
+    context = (head_contexts @ p_cat).reshape(B, T, do)
+    _require_finite("attention context", context)
+    weights = head_cache.weights.reshape(B, T, H, S).transpose(2, 0, 1, 3)
+    return context, MultiHeadCache(head_cache, queries, values, Ws, Ps, weights, head_contexts)
 
 
 def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGrads:
     """Backward pass of :func:`multihead_attention_forward`.
 
-    Each head receives ``dcontext / H``; the single-head backward gives gradients of the projected
-    queries ``Q W_h``, the keys and the projected values ``V P_h``, which chain to ``Q``, ``W_h``,
-    ``V`` and ``P_h`` through the two projections; keys sum over heads.
+    Equations (``U = [alpha_1 V, …, alpha_H V]``, ``P = [P_1; …; P_H]``, ``W = [W_1 … W_H]``)::
+
+        dU = dC Pᵀ / H                 dP_h = (alpha_h V)ᵀ dC / H          (one GEMM each)
+        single-head backward of the folded heads with upstream dU:  dV, dK (summed over heads and t),
+            dQW = d(Q W_h) of every head, laid out (B·T, H·dk)
+        dQ = dQW Wᵀ = sum_h d(Q W_h) W_hᵀ   (one (B·T, H·dk) @ (H·dk, dq) GEMM)
+        dW_h = Qᵀ d(Q W_h)                   (one (dq, B·T) @ (B·T, H·dk) GEMM)
 
     Parameters
     ----------
@@ -354,23 +502,39 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
     Returns
     -------
     MultiHeadGrads
+
+    Raises
+    ------
+    NonFiniteError
+        If a gradient overflows from finite inputs.
     """
-    head_cache, q, v, Ws, Ps, weights = cache
+    head_cache, q, v, Ws, Ps, weights, head_contexts = cache
     H, B, T, S = weights.shape
+    dq_dim, dk, dv, do = q.shape[2], Ws.shape[2], v.shape[2], Ps.shape[2]
     dcontext = float_array("dcontext", dcontext, ndim=3)
-    if dcontext.shape != (B, T, Ps.shape[2]):
-        raise ValueError(f"dcontext must have shape {(B, T, Ps.shape[2])}, got {dcontext.shape}")
-    dhead = np.broadcast_to(dcontext / H, (H,) + dcontext.shape).reshape(H * B, T, -1)
-    g = attention_backward(dhead, head_cache)
-    dkeys = g.keys.reshape(H, B, S, -1).sum(axis=0)
-    # One GEMM per head through broadcasting matmul (einsum would not use BLAS here).
-    dprojected_q = g.queries.reshape(H, B * T, -1)
-    dprojected_v = g.values.reshape(H, B * S, -1)
-    dq = np.matmul(dprojected_q, Ws.transpose(0, 2, 1)).sum(axis=0).reshape(B, T, -1)
-    dWs = np.matmul(np.ascontiguousarray(q.reshape(B * T, -1).T), dprojected_q)
-    dv = np.matmul(dprojected_v, Ps.transpose(0, 2, 1)).sum(axis=0).reshape(B, S, -1)
-    dPs = np.matmul(np.ascontiguousarray(v.reshape(B * S, -1).T), dprojected_v)
-    return MultiHeadGrads(dq, dkeys, dv, dWs, dPs)
+    if dcontext.shape != (B, T, do):
+        raise ValueError(f"dcontext must have shape {(B, T, do)}, got {dcontext.shape}")
+    dflat = dcontext.reshape(B * T, do)
+    p_cat = Ps.reshape(H * dv, do) / H
+    dPs = ((head_contexts.T @ dflat) / H).reshape(H, dv, do)
+    dhead = (dflat @ p_cat.T).reshape(B, T * H, dv)
+    dvalues, dscores = _attention_backward_core(dhead, head_cache)
+    _require_finite("gradient of the attention values", dvalues)
+    _require_finite("gradient of the value matrices", dPs)
+    if dscores is None:   # uniform twin: scores are constants
+        dtype = np.result_type(q, dcontext)
+        dkeys = np.zeros(head_cache.keys.shape, dtype=np.result_type(head_cache.keys, dcontext))
+        return MultiHeadGrads(np.zeros(q.shape, dtype=dtype), dkeys, dvalues,
+                              np.zeros(Ws.shape, dtype=np.result_type(Ws, dcontext)), dPs)
+    dkeys = dscores.transpose(0, 2, 1) @ head_cache.projected_queries
+    dprojected = (dscores @ head_cache.keys).reshape(B * T, H * dk)
+    w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq_dim, H * dk)    # [W_1 … W_H]
+    dq = (dprojected @ w_cat.T).reshape(B, T, dq_dim)
+    dWs = np.ascontiguousarray((q.reshape(B * T, dq_dim).T @ dprojected).reshape(dq_dim, H, dk).transpose(1, 0, 2))
+    _require_finite("gradient of the attention keys", dkeys)
+    _require_finite("gradient of the attention queries", dq)
+    _require_finite("gradient of the score matrices", dWs)
+    return MultiHeadGrads(dq, dkeys, dvalues, dWs, dPs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,6 +566,9 @@ def softmax_output_forward(hidden, weight, bias, targets, mask=None):
         loss     = −(1/N) sum_{i counted} log p[i, y_i],      N = number of counted targets
 
     Stable for logits of any finite size (the max shift keeps exp ≤ 1).
+
+    Raises ``NonFiniteError`` (naming the quantity) if finite inputs overflow: the logits ``H Wo + b``,
+    a log-probability (a row's spread beyond the dtype's range) or the loss.
 
     Parameters
     ----------
@@ -444,9 +611,12 @@ def softmax_output_forward(hidden, weight, bias, targets, mask=None):
         logits += bias   # in place: no second (..., C) array
     else:
         logits = logits + bias   # a float64 bias on float32 weights promotes, as before
-    log_probs = log_softmax(logits)
+    log_probs = log_softmax(logits, name="output logits")
     gold = np.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
     loss = -float(np.sum(gold, where=mask)) / count
+    if not np.isfinite(loss):
+        raise NonFiniteError(f"cross-entropy loss overflowed to inf (sum of gold log-probabilities beyond "
+                             f"{gold.dtype} range) from finite inputs")
     cache = SoftmaxOutputCache(hidden, weight, log_probs, safe_targets, mask, count)
     return loss, cache
 
@@ -469,6 +639,11 @@ def softmax_output_backward(dloss, cache: SoftmaxOutputCache) -> SoftmaxOutputGr
     -------
     SoftmaxOutputGrads
         ``hidden`` (..., h), ``weight`` (h, C), ``bias`` (C,).
+
+    Raises
+    ------
+    NonFiniteError
+        If a gradient overflows from finite inputs (e.g. a huge ``dloss`` times a huge weight).
     """
     dloss = float_array("dloss", dloss, ndim=0)
     hidden, weight, log_probs, targets, mask, count = cache
@@ -479,4 +654,7 @@ def softmax_output_backward(dloss, cache: SoftmaxOutputCache) -> SoftmaxOutputGr
     flat = dlogits.reshape(-1, dlogits.shape[-1])
     dweight = hidden.reshape(-1, hidden.shape[-1]).T @ flat
     dbias = flat.sum(axis=0)
+    _require_finite("gradient of the output layer's input (hidden)", dhidden)
+    _require_finite("gradient of the output weight", dweight)
+    _require_finite("gradient of the output bias", dbias)
     return SoftmaxOutputGrads(dhidden, dweight, dbias)

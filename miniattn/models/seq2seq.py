@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from miniattn._validate import bool_array, float_array, int_array
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
                              embedding_forward, log_softmax, multihead_attention_backward,
                              multihead_attention_forward, softmax_output_backward,
                              softmax_output_forward)
-from miniattn.models.base import ForwardResult, check_flag, check_scale, check_size
+from miniattn.models.base import (ForwardResult, check_flag, check_scale, check_seq2seq_batch, check_size,
+                                  check_source_scale)
 
 __all__ = ["Seq2SeqAttention"]
 
@@ -189,40 +189,11 @@ class Seq2SeqAttention:
         return np.broadcast_to(np.eye(self.dim, dtype=self.dtype), (self.heads, self.dim, self.dim))
 
     def _check_batch(self, batch, need_targets: bool):
-        """Validate a Seq2SeqBatch; return (source, source_mask, target_in, target_out, target_mask)."""
-        for field in ("source", "source_mask", "target_in", "target_out", "target_mask"):
-            if not hasattr(batch, field):
-                raise TypeError(f"batch must be a Seq2SeqBatch, got {type(batch).__name__} without {field!r}")
-        source = int_array("batch.source", batch.source, upper=self.source_vocab, ndim=2)
-        B, S = source.shape
-        if S > self.source_length:
-            raise ValueError(f"batch.source has length {S}; the model's source_length allows at most "
-                             f"{self.source_length}")
-        source_mask = bool_array("batch.source_mask", batch.source_mask, (B, S))
-        if not np.all(source_mask.any(axis=1)):
-            bad = np.flatnonzero(~source_mask.any(axis=1))
-            raise ValueError(f"batch.source_mask has rows with no real source token (rows {bad[:5].tolist()})")
-        target_in = int_array("batch.target_in", batch.target_in, upper=self.target_vocab, ndim=2)
-        if target_in.shape[0] != B:
-            raise ValueError(f"batch.target_in must have B={B} rows like batch.source, got shape {target_in.shape}")
-        T = target_in.shape[1]
-        if T > self.target_length:
-            raise ValueError(f"batch.target_in has length {T}; the model's target_length allows at most "
-                             f"{self.target_length}")
-        target_out = target_mask = None
-        if need_targets:
-            target_mask = bool_array("batch.target_mask", batch.target_mask, (B, T))
-            if not target_mask.any():
-                raise ValueError("batch.target_mask must count at least one output position")
-            target_out = np.asarray(batch.target_out)
-            if target_out.dtype.kind not in "iu":
-                raise TypeError(f"batch.target_out must be an integer array, got dtype {target_out.dtype}")
-            if target_out.shape != (B, T):
-                raise ValueError(f"batch.target_out must have shape (B, T) = {(B, T)}, got {target_out.shape}")
-            int_array("batch.target_out (where target_mask is True)", target_out[target_mask],
-                      upper=self.target_vocab)
-            target_out = np.where(target_mask, target_out, 0)   # padding may hold any id
-        return source, source_mask, target_in, target_out, target_mask
+        """Validate a Seq2SeqBatch (:func:`miniattn.models.base.check_seq2seq_batch`)."""
+        return check_seq2seq_batch(batch, source_vocab=self.source_vocab, target_vocab=self.target_vocab,
+                                   source_length=self.source_length, target_length=self.target_length,
+                                   need_targets=need_targets)
+
 
     def _hidden(self, source, source_mask, target_in, scale=None):
         """Encoder, decoder states and attention. Returns [q ; c] (B, T, 2d) and the caches."""
@@ -266,12 +237,7 @@ class Seq2SeqAttention:
             ``log_probs`` (B, T, C); ``attention`` (B, T, S), or (H, B, T, S) with ``heads > 1``.
         """
         source, source_mask, target_in, _, _ = self._check_batch(batch, need_targets=False)
-        scale = None
-        if source_scale is not None:
-            scale = float_array("source_scale", source_scale, ndim=2).astype(self.dtype, copy=False)
-            if scale.shape != source.shape:
-                raise ValueError(f"source_scale must have the source's shape (B, S) = {source.shape}, "
-                                 f"got {scale.shape}")
+        scale = check_source_scale(source_scale, source.shape, self.dtype)
         hidden, (_, _, _, _, att) = self._hidden(source, source_mask, target_in, scale)
         log_probs = log_softmax(hidden @ self.params["out_W"] + self.params["out_b"])
         return ForwardResult(log_probs, att.weights)
@@ -381,18 +347,22 @@ class Seq2SeqAttention:
         np.put_along_axis(dlogits, target_out[..., None],
                           np.take_along_axis(dlogits, target_out[..., None], axis=-1) + 1.0, axis=-1)
         g = dlogits @ p["out_W"][d:].T                                                  # (B, T, d)
-        if self.heads == 1:
+        H = self.heads
+        if H == 1:
             cache = att
         else:
-            cache = att.head_cache                      # the heads stacked along the batch axis
-            g = np.broadcast_to(g, (self.heads,) + g.shape).reshape((-1,) + g.shape[1:])
-        alpha = cache.weights                                                           # (HB, T, S)
-        e = g @ cache.values.transpose(0, 2, 1)                                         # (HB, T, S)
+            # Heads are folded into the query axis (row t·H + h is head h at position t) and share the
+            # values h_s, so g_t · (h_s W_v^h) = (g_t W_v^hᵀ) · h_s: project g once per head.
+            cache = att.head_cache
+            P = att.value_matrices                                                      # (H, d, d)
+            g = (g.reshape(-1, d) @ P.reshape(H * d, d).T).reshape(g.shape[0], -1, d)   # (B, T·H, d)
+        alpha = cache.weights                                                           # (B, T·H, S)
+        e = g @ cache.values.transpose(0, 2, 1)                                         # (B, T·H, S)
         delta = alpha * e
         if not self.uniform:
             scores = cache.projected_queries @ cache.keys.transpose(0, 2, 1)
             e_bar = np.sum(alpha * e, axis=-1, keepdims=True)
             delta += alpha * scores * (e - e_bar)
-        if self.heads > 1:
-            delta = delta.reshape((self.heads,) + target_out.shape + (source.shape[1],)).mean(axis=0)
+        if H > 1:
+            delta = delta.reshape(target_out.shape + (H, source.shape[1])).mean(axis=2)
         return np.where(source_mask[:, None, :] & target_mask[:, :, None], delta, np.nan)
