@@ -9,7 +9,7 @@ import pytest
 
 from analysis.claims import KINDS, VERDICTS
 from analysis.experiments import e7_reduced_vs_sim
-from analysis.experiments.framework import compute, plot
+from analysis.experiments.framework import compute, load_results, plot
 from analysis.fingerprint import module_closure
 from analysis.reduced import project
 from analysis.simulation import (build_copy_model, enumerate_copy_batch, seed_streams, simulate_copy,
@@ -158,3 +158,22 @@ def test_e7_free_comparisons_are_checks_and_others_beyond(tmp_path):
                      "seq2seq-subset": "beyond"}
     for c in summary["claims"]:
         assert c["criterion"]["low"] == pytest.approx(0.8) and c["criterion"]["high"] == pytest.approx(1.2)
+
+
+def test_e7_seq2seq_has_a_rate_corrected_prediction(tmp_path):
+    """The seq2seq comparison carries the rate-corrected reduced dynamics beside the uncorrected ODE,
+    started from the run's own initial model (the same seed child as the simulation)."""
+    summary = compute("e7", "quick", root=tmp_path, executor=SerialExecutor())
+    statements = [c["statement"] for c in summary["claims"] if c["statement"].startswith("seq2seq")]
+    assert len(statements) == 2 and "uncorrected" in statements[0] and "rate-corrected" in statements[1]
+    _, results = load_results("e7", root=tmp_path)
+    rec = results.where(model="seq2seq").records[0]
+    d = rec.data
+    assert d["rc_prob_correct"].shape == d["tau"].shape and np.all(np.isfinite(d["rc_delta"]))
+    from analysis.reduced_seq2seq import STATE_NAMES, measure_seq2seq
+    c = rec.config
+    net, _ = build_copy_model(c["length"], c["vocab"], model="seq2seq", dim=c["dim"], init_scale=c["init_scale"],
+                              seed=c["seed"])
+    start = measure_seq2seq(net, c["length"], c["vocab"])
+    # Its trajectory starts at the model's own effective parameters.
+    assert d["rc_delta"][0] == pytest.approx(start.y[STATE_NAMES.index("delta")], rel=1e-9, abs=1e-12)
