@@ -39,9 +39,11 @@ reproduce: ## regenerate every result, figure and REPORT.md (QUICK=1 smoke run, 
 
 TORCH_REQUIREMENT ?= torch==2.13.0
 JAX_REQUIREMENT ?= jax[cpu]==0.10.2
+THREADPOOLCTL_REQUIREMENT ?= threadpoolctl==3.8.0
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet '$(TORCH_REQUIREMENT)' || echo "PyTorch could not be installed: benchmarks will time NumPy alone"
 	$(PY) -m pip install --quiet '$(JAX_REQUIREMENT)' || echo "JAX could not be installed: benchmarks will skip the JAX peer"
+	$(PY) -m pip install --quiet '$(THREADPOOLCTL_REQUIREMENT)' || echo "threadpoolctl could not be installed: threads are set through OpenBLAS's C API"
 	touch $@
 
 bench: $(VENV)/.bench-installed ## run the speed benchmarks (installs the optional PyTorch extra)

@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["blas_threads", "set_threads", "thread_report", "Summary", "summarize", "time_interleaved",
+__all__ = ["blas_threads", "set_threads", "thread_method", "thread_report", "Summary", "summarize", "time_interleaved",
            "machine_info", "git_revision"]
 
 
@@ -34,9 +34,9 @@ __all__ = ["blas_threads", "set_threads", "thread_report", "Summary", "summarize
 def _openblas():
     """NumPy's bundled OpenBLAS as a ctypes library and its symbol suffix, or (None, None).
 
-    NumPy wheels ship ``scipy_openblas`` with prefixed symbols (``scipy_openblas_get_num_threads64_``);
-    older ones ship plain ``openblas_get_num_threads``. threadpoolctl would do this, but it is not a
-    dependency, and two symbols are all we need.
+    The fallback when ``threadpoolctl`` (the ``bench`` extra) is not installed. NumPy wheels ship
+    ``scipy_openblas`` with prefixed symbols (``scipy_openblas_get_num_threads64_``); older ones ship
+    plain ``openblas_get_num_threads``.
     """
     libdir = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
@@ -52,10 +52,24 @@ def _openblas():
 
 
 _LIB, _NAMES = _openblas()
+try:   # threadpoolctl knows every BLAS NumPy may be linked against (OpenBLAS, MKL, BLIS)
+    import threadpoolctl as _tpc
+except ImportError:
+    _tpc = None
+_LIMITER: list = []   # keeps the current threadpoolctl limiter alive (its limits last as long as it does)
+
+
+def thread_method() -> str:
+    """How :func:`set_threads` controls NumPy's BLAS: "threadpoolctl" or "OpenBLAS C API"."""
+    return "threadpoolctl" if _tpc is not None else "OpenBLAS C API (threadpoolctl not installed)"
 
 
 def blas_threads() -> int | None:
-    """Number of threads NumPy's OpenBLAS uses for one matmul (None if it cannot be queried)."""
+    """Number of threads NumPy's BLAS uses for one matmul (None if it cannot be queried)."""
+    if _tpc is not None:
+        counts = [i["num_threads"] for i in _tpc.threadpool_info() if i.get("user_api") == "blas"]
+        if counts:
+            return int(max(counts))
     if _LIB is None:
         return None
     prefix, suffix = _NAMES
@@ -65,7 +79,9 @@ def blas_threads() -> int | None:
 def set_threads(n: int) -> dict:
     """Use ``n`` threads in NumPy's BLAS and in PyTorch (if installed); return what each reports.
 
-    JAX's XLA thread pool is fixed when JAX is imported: see :func:`benchmarks.jax_seq2seq.configure_threads`.
+    NumPy's BLAS through ``threadpoolctl.threadpool_limits`` when threadpoolctl is installed (the
+    ``bench`` extra), else NumPy's OpenBLAS C API. JAX's XLA thread pool is fixed when JAX is
+    imported: see :func:`benchmarks.jax_seq2seq.configure_threads`.
 
     Parameters
     ----------
@@ -74,11 +90,13 @@ def set_threads(n: int) -> dict:
     Returns
     -------
     dict
-        ``{"numpy_blas": int or None, "torch": int or None}`` read back after setting.
+        ``{"numpy_blas": int or None, "torch": int or None, "jax": int or None}`` read back after setting.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n (threads) must be an integer >= 1, got {n!r}")
-    if _LIB is not None:
+    if _tpc is not None:
+        _LIMITER[:] = [_tpc.threadpool_limits(limits=int(n), user_api="blas")]
+    elif _LIB is not None:
         prefix, suffix = _NAMES
         getattr(_LIB, f"{prefix}set_num_threads{suffix}")(ctypes.c_int(int(n)))
     try:

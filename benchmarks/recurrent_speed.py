@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchmarks import Summary, set_threads, summarize, thread_report, time_interleaved
+from benchmarks import Summary, set_threads, summarize, thread_method, time_interleaved
 from benchmarks.torch_seq2seq import TorchBatch, TorchSeq2Seq
 from miniattn.models.rnn_seq2seq import RecurrentSeq2SeqAttention
 from miniattn.optim import Adam
@@ -127,37 +127,19 @@ def _rel_err(a, b) -> float:
 # Threads
 # --------------------------------------------------------------------------------------------------
 
-_LIMITER = []   # keeps a threadpoolctl limiter alive (its limits last as long as the object)
-
-
 def limit_threads(n: int = 1) -> dict:
-    """Limit NumPy's BLAS and PyTorch to ``n`` threads; return how, and the counts read back.
+    """Limit NumPy's BLAS and PyTorch to ``n`` threads (:func:`benchmarks.set_threads`); say how.
 
-    ``threadpoolctl.threadpool_limits(n)`` when threadpoolctl is installed, else NumPy's OpenBLAS C
-    API (:func:`benchmarks.set_threads`); ``torch.set_num_threads(n)`` in both cases. Pools that read
-    ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` only at start-up must be set in the environment.
+    Pools that read ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` only at start-up must be set in
+    the environment.
 
     Returns
     -------
     dict
         ``{"method": str, "numpy_blas": int or None, "torch": int or None, "env": {...}}``.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n (threads) must be an integer >= 1, got {n!r}")
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        _LIMITER[:] = [threadpool_limits(limits=int(n))]
-        method = "threadpoolctl"
-    else:
-        set_threads(int(n))
-        method = "OpenBLAS C API (threadpoolctl not installed)"
-    if torch is not None:
-        torch.set_num_threads(int(n))
-        method += " + torch.set_num_threads"
-    report = thread_report()
+    report = set_threads(n)
+    method = thread_method() + (" + torch.set_num_threads" if torch is not None else "")
     env = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return {"method": method, "numpy_blas": report["numpy_blas"], "torch": report["torch"], "env": env}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import benchmarks
 from benchmarks import recurrent_speed, set_threads, thread_report
 
 
@@ -18,7 +19,7 @@ def restore_threads():
     """Put NumPy's BLAS and PyTorch back to their thread counts after a test that changes them."""
     before = thread_report()
     yield
-    recurrent_speed._LIMITER.clear()
+    benchmarks._LIMITER.clear()
     if before["numpy_blas"] is not None:
         set_threads(before["numpy_blas"])
     if before["torch"] is not None:
@@ -83,3 +84,12 @@ def test_twin_steps_leave_the_numpy_model_alone_and_freeze_bias_hh():
     assert any(not np.array_equal(s.twin.numpy_params()[k], before[k]) for k in before)
     assert not s.twin.enc.bias_hh_l0.requires_grad and float(s.twin.dec.bias_hh_l0.abs().max()) == 0.0
     assert len(s.twin.parameters()) == len(s.model.params)
+
+
+def test_threads_without_threadpoolctl_use_the_openblas_c_api(monkeypatch, restore_threads):
+    """CI installs only the project's files (no threadpoolctl): the C-API fallback must still work."""
+    monkeypatch.setattr(benchmarks, "_tpc", None)
+    assert benchmarks.thread_method().startswith("OpenBLAS C API")
+    if benchmarks._LIB is None:
+        pytest.skip("NumPy's OpenBLAS not found")
+    assert set_threads(1)["numpy_blas"] == 1
