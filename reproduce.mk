@@ -18,9 +18,12 @@
 # Interrupted? Each run is written atomically as it finishes; rerun to compute only the rest.
 # Parallelism: JOBS=n (default: all cores), EXECUTOR=serial|process|dask, SCHEDULER=tcp://host:port.
 #
-# E3 on your own text: E3_TEXT=labels.tsv and/or E3_PARALLEL_SOURCE=src E3_PARALLEL_TARGET=tgt.
-# These reach the Python side only through the environment (make exports command-line variables);
-# they are never pasted into a recipe, so a path with spaces or quotes is data, not shell text.
+# E3 on your own text: E3_TEXT=labels.tsv and/or E3_PARALLEL_SOURCE=src E3_PARALLEL_TARGET=tgt,
+# read with the shared text options in E3_OPTIONS (e.g. E3_OPTIONS="--lowercase --min-count 2";
+# unset: no lowercasing, no truncation). These reach the Python side only through the environment
+# (make exports command-line variables); they are never pasted into a recipe, so a path or an
+# option with spaces or quotes is data, not shell text. A file the loaders refuse ends E3's compute
+# step with one line naming it.
 #
 # Targets: reproduce (= REPORT.md), repro-results, repro-figures, repro-<id>, repro-clean-results.
 
@@ -81,14 +84,19 @@ repro-$(1): $(RESULTS)/figures/.$(1).plotted
 endef
 $(foreach i,$(REPRO_IDS),$(eval $(call REPRO_RULES,$(i))))
 
-$(RESULTS)/e3/summary.json: $(RESULTS)/.e3-data
+# The E3 text options (E3_OPTIONS, as given and as parsed), rewritten by Python only when they change.
+$(RESULTS)/.e3-options: FORCE | $(VENV)/.installed
+	@$(PY) -m analysis.experiments.e3_agreement options-stamp $@
+
+$(RESULTS)/e3/summary.json: $(RESULTS)/.e3-data $(RESULTS)/.e3-options
 
 REPORT.md: $(REPRO_SUMMARIES) $(REPRO_PLOTTED) $(REPRO_PLOT_DEPS) | $(VENV)/.installed
 	$(PY) -m analysis.report --results $(RESULTS) --out $@
 
 # A finished result is never deleted by make, even if make is interrupted while a later step runs;
 # the Python side guarantees it is complete (atomic writes).
-.PRECIOUS: $(RESULTS)/%/summary.json $(RESULTS)/figures/.%.plotted $(RESULTS)/.profile $(RESULTS)/.e3-data
+.PRECIOUS: $(RESULTS)/%/summary.json $(RESULTS)/figures/.%.plotted $(RESULTS)/.profile $(RESULTS)/.e3-data \
+          $(RESULTS)/.e3-options
 
 repro-clean-results: ## delete every result, figure and REPORT.md (forces a full recompute)
 	rm -rf $(RESULTS) REPORT.md

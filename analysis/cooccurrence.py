@@ -15,9 +15,13 @@ that knowledge off a model that has nothing but the bag of words:
 * **regression** (the paper's choice; :mod:`analysis.bag_of_words`) — a softmax regression of each
   output on the mean one-hot of its source, ``p(o | x) = softmax(x̄ W + b)``, fitted to
   convergence; β^px is the log-probability of ``y_t`` when the bag is the single word ``x_s``:
-  ``log softmax(W[x_s] + b)[y_t]``.
+  ``log softmax(W[x_s] + b)[y_t]``; for real corpora the paper's scalable *embedding* bag of words
+  (mean of d-dimensional word embeddings, then a softmax; minibatch Adam, best validation epoch).
 
-:func:`beta_px_for_batch` computes either from one batch's statistics on another batch.
+:func:`fit_beta_px` fits any of the three (``method`` = "regression", "embedding", "counts") on one
+batch — the whole of it — and :func:`beta_px_from_fit` / :func:`beta_px_for_batch` evaluate it on
+another, chunk by chunk. A source word absent from the fitted data gets the model's unconditional
+prediction.
 
 Stage 2: with α uniform (1/n over the n valid positions), the gradient of the loss with respect to
 the attention score of source position s is approximately ``−(1/n)(β_s − mean β)`` (exact to first
@@ -31,13 +35,17 @@ Arrays: ``sources`` int (B, S), ``source_mask`` bool (B, S), ``targets`` int (B,
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from analysis.bag_of_words import (_check_data, _check_size, _gather, batch_arrays, beta_px_regression,
-                                   fit_bag_of_words, target_counts)
+from analysis.bag_of_words import (_check_data, _check_size, _gather, _pair_mask, batch_arrays,
+                                   beta_px_embedding, beta_px_regression, fit_bag_of_words, fit_embedding_bag,
+                                   mean_prediction, regression_log_probs, seen_words, target_counts)
 from miniattn._validate import float_array
 
-__all__ = ["batch_arrays", "cooccurrence_counts", "beta_px_closed_form", "beta_px_for_batch",
+__all__ = ["batch_arrays", "cooccurrence_counts", "beta_px_closed_form", "METHODS", "BetaPxFit", "fit_beta_px",
+           "beta_px_from_fit", "beta_px_for_batch",
            "stage2_prediction", "predicted_score_gradient", "copy_ktiw_signal"]
 
 
@@ -126,27 +134,123 @@ def beta_px_closed_form(C, sources, source_mask, targets, target_mask, smoothing
     return _gather(table, sources, source_mask, targets, target_mask)
 
 
-def beta_px_for_batch(fit_batch, eval_batch, n_in: int, n_out: int, method: str = "regression",
-                      l2: float = 1e-3, smoothing: float = 1.0) -> np.ndarray:
-    """β^px on ``eval_batch`` from statistics of ``fit_batch`` (either batch type).
+#: The methods of :func:`fit_beta_px` ("closed_form" is accepted as another name of "counts").
+METHODS = ("regression", "embedding", "counts")
 
-    ``method="regression"`` fits :func:`fit_bag_of_words` (the paper's choice);
-    ``method="closed_form"`` uses :func:`cooccurrence_counts` and :func:`beta_px_closed_form`.
+
+class BetaPxFit(NamedTuple):
+    """A β^px model fitted on one batch, to evaluate on others with :func:`beta_px_from_fit`."""
+
+    method: str               #: "regression", "embedding" or "counts"
+    model: object             #: BagOfWordsModel, EmbeddingBagModel, or the counts C (n_in, n_out)
+    seen: np.ndarray          #: (n_in,) bool: the word occurs in the data the model was fitted on
+    log_marginal: np.ndarray  #: (n_out,) the unconditional prediction given to unseen words
+    smoothing: float          #: add-λ of the counts method
+    info: dict                #: a JSON-able description of the fit (sizes, epochs, seconds)
+
+
+def _method(method: str) -> str:
+    if method == "closed_form":
+        return "counts"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (or 'closed_form'), got {method!r}")
+    return method
+
+
+def fit_beta_px(fit_batch, n_in: int, n_out: int, method: str = "regression", *, l2: float = 1e-3,
+                smoothing: float = 1.0, embedding: dict | None = None) -> BetaPxFit:
+    """Fit the model behind β^px on ``fit_batch`` (either batch type), the whole batch.
+
+    * ``"regression"`` — the exact softmax regression (:func:`analysis.bag_of_words.fit_bag_of_words`,
+      dense n_in × n_out, L-BFGS-B to convergence): small problems only;
+    * ``"embedding"`` — the paper's embedding bag of words
+      (:func:`analysis.bag_of_words.fit_embedding_bag`, minibatch Adam, best validation epoch):
+      linear in the corpus, memory bounded by minibatch × n_out;
+    * ``"counts"`` (or ``"closed_form"``) — co-occurrence counts (:func:`cooccurrence_counts`).
+
+    A source word absent from the fitted data gets the unconditional prediction: for the two models
+    their mean prediction (:func:`analysis.bag_of_words.mean_prediction`), for the counts the add-λ
+    marginal ``log (N_o + λ) − log (N + λ n_out)`` (N_o counted outputs equal to o, N all of them).
+
+    Parameters
+    ----------
+    fit_batch : Seq2SeqBatch or ClassificationBatch
+    n_in, n_out : int >= 1
+    method : str
+    l2 : float > 0 (regression)
+    smoothing : float >= 0 (counts)
+    embedding : dict, optional
+        Keyword arguments of :func:`~analysis.bag_of_words.fit_embedding_bag` (dim, lr, batch_size,
+        max_epochs, patience, validation, seed, dtype).
+
+    Returns
+    -------
+    BetaPxFit
+    """
+    method = _method(method)
+    n_in, n_out = _check_size("n_in", n_in), _check_size("n_out", n_out)
+    arrays = _check_data(*batch_arrays(fit_batch), n_in, n_out)
+    sources, source_mask, targets, target_mask = arrays
+    if method == "embedding":
+        model = fit_embedding_bag(*arrays, n_in, n_out, **(embedding or {}))
+        info = {"n_train": model.n_train, "n_val": model.n_val, "best_epoch": model.best_epoch,
+                "epochs": model.epochs, "seconds_per_epoch": model.seconds_per_epoch,
+                "best_val_loss": float(model.val_loss[model.best_epoch]),
+                "dim": int(model.params["weight"].shape[0])}
+        return BetaPxFit(method, model, model.seen, model.log_marginal, float(smoothing), info)
+    seen = seen_words(sources, source_mask, n_in, targets, target_mask)
+    if method == "regression":
+        model = fit_bag_of_words(*arrays, n_in, n_out, l2=l2)
+        if not model.converged:
+            raise ValueError(f"the bag-of-words regression did not converge (max |grad| {model.grad_norm:.2e}); "
+                             "increase l2 or max_iter, or use method='embedding'")
+        log_marginal = mean_prediction(lambda s, m: regression_log_probs(model, s, m), *arrays, n_out)
+        info = {"n_train": int(target_mask.any(axis=1).sum()), "n_iter": model.n_iter, "l2": float(l2)}
+        return BetaPxFit(method, model, seen, log_marginal, float(smoothing), info)
+    C = cooccurrence_counts(*arrays, n_in, n_out)
+    smoothing = float(smoothing)
+    y = target_counts(targets, target_mask, n_out).sum(axis=0).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_marginal = np.log(y + smoothing) - np.log(y.sum() + smoothing * n_out)
+    return BetaPxFit(method, C, seen, log_marginal, smoothing, {"n_train": int(target_mask.any(axis=1).sum())})
+
+
+def beta_px_from_fit(fit: BetaPxFit, eval_batch) -> np.ndarray:
+    """β^px on ``eval_batch`` from a :class:`BetaPxFit` (computed chunk by chunk over distinct words).
+
+    Returns
+    -------
+    beta : float64 array (B, T, S) (T = 1 for classification), NaN where masked; unseen source
+        words get ``fit.log_marginal[y_t]``.
+    """
+    if not isinstance(fit, BetaPxFit):
+        raise TypeError(f"fit must be a BetaPxFit (from fit_beta_px), got {type(fit).__name__}")
+    arrays = batch_arrays(eval_batch)
+    if fit.method == "embedding":
+        return beta_px_embedding(fit.model, *arrays)
+    if fit.method == "regression":
+        return beta_px_regression(fit.model, *arrays, seen=fit.seen, log_marginal=fit.log_marginal)
+    beta = beta_px_closed_form(fit.model, *arrays, smoothing=fit.smoothing)
+    sources, source_mask, targets, target_mask = _check_data(*arrays, *fit.model.shape)
+    unseen = _pair_mask(source_mask, target_mask) & ~fit.seen[sources][:, None, :]
+    fill = np.broadcast_to(fit.log_marginal[targets][:, :, None], beta.shape)
+    return np.where(unseen, fill, beta)
+
+
+def beta_px_for_batch(fit_batch, eval_batch, n_in: int, n_out: int, method: str = "regression",
+                      l2: float = 1e-3, smoothing: float = 1.0, embedding: dict | None = None) -> np.ndarray:
+    """β^px on ``eval_batch`` from a model fitted on the whole of ``fit_batch`` (either batch type).
+
+    ``method``: ``"regression"`` (exact, small problems; the default), ``"embedding"`` (the paper's
+    scalable embedding bag of words) or ``"counts"`` / ``"closed_form"`` (co-occurrence counts); see
+    :func:`fit_beta_px`. Source words unseen in ``fit_batch`` get the unconditional prediction.
 
     Returns
     -------
     beta : float64 array (B, T, S) (T = 1 for classification), NaN where masked.
     """
-    if method == "regression":
-        model = fit_bag_of_words(*batch_arrays(fit_batch), n_in, n_out, l2=l2)
-        if not model.converged:
-            raise ValueError(f"the bag-of-words regression did not converge (max |grad| {model.grad_norm:.2e}); "
-                             "increase l2 or max_iter")
-        return beta_px_regression(model, *batch_arrays(eval_batch))
-    if method == "closed_form":
-        C = cooccurrence_counts(*batch_arrays(fit_batch), n_in, n_out)
-        return beta_px_closed_form(C, *batch_arrays(eval_batch), smoothing=smoothing)
-    raise ValueError(f"method must be 'regression' or 'closed_form', got {method!r}")
+    fit = fit_beta_px(fit_batch, n_in, n_out, method, l2=l2, smoothing=smoothing, embedding=embedding)
+    return beta_px_from_fit(fit, eval_batch)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -345,3 +345,255 @@ def test_beta_px_on_seq2seq_batches_with_specials():
     # example, so every word predicts it equally).
     np.testing.assert_array_equal(beta[:, :6, :].argmax(axis=-1), np.broadcast_to(np.arange(6), (16, 6)))
     assert isinstance(evaluate, Seq2SeqBatch)
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's embedding bag of words (the scalable β^px)
+# ------------------------------------------------------------------------------------------------
+
+from analysis import bag_of_words as BOW  # noqa: E402
+from analysis.cooccurrence import beta_px_from_fit, fit_beta_px  # noqa: E402
+
+
+def _with_a_counted_output(targets, target_mask):
+    if not target_mask.any():
+        target_mask, targets = target_mask.copy(), targets.copy()
+        target_mask[0, 0], targets[0, 0] = True, 0
+    return targets, target_mask
+
+
+@given(padded_data(), st.integers(0, 2**32 - 1), st.integers(1, 4))
+def test_embedding_bag_forward_backward_gradient_check(data, seed, dim):
+    sources, source_mask, targets, target_mask, n_in, n_out = data
+    rng = np.random.default_rng(seed)
+    params = BOW.init_embedding_bag(n_in, n_out, dim, rng, dtype=np.float64)
+
+    def func(embedding, weight, bias):
+        return BOW.embedding_bag_forward({"embedding": embedding, "weight": weight, "bias": bias},
+                                         sources, source_mask)[0]
+
+    def vjp(upstream, embedding, weight, bias):
+        _, cache = BOW.embedding_bag_forward({"embedding": embedding, "weight": weight, "bias": bias},
+                                             sources, source_mask)
+        return BOW.embedding_bag_backward(upstream, cache)
+
+    report = check_vjp(func, vjp, params, rng=rng)     # random (B, n_out) upstream
+    assert report.passed, str(report)
+    assert report.max_error < 1e-7
+
+
+@given(padded_data(), st.integers(0, 2**32 - 1), st.integers(1, 4))
+def test_embedding_bag_loss_gradient_check(data, seed, dim):
+    sources, source_mask, targets, target_mask, n_in, n_out = data
+    targets, target_mask = _with_a_counted_output(targets, target_mask)
+    rng = np.random.default_rng(seed)
+    params = BOW.init_embedding_bag(n_in, n_out, dim, rng, dtype=np.float64)
+
+    def func(**p):
+        return BOW.embedding_bag_loss(p, sources, source_mask, targets, target_mask)[0]
+
+    def vjp(upstream, **p):
+        grads = BOW.embedding_bag_loss(p, sources, source_mask, targets, target_mask)[1]
+        return {k: upstream * g for k, g in grads.items()}
+
+    report = check_vjp(func, vjp, params, rng=rng)     # random scalar upstream
+    assert report.passed, str(report)
+    assert report.max_error < 1e-7
+
+
+def test_embedding_bag_loss_is_the_mean_cross_entropy_over_every_counted_target():
+    rng = np.random.default_rng(21)
+    sources = rng.integers(0, 6, size=(5, 4))
+    source_mask = np.arange(4)[None, :] < np.array([[1], [2], [4], [3], [4]])
+    targets = rng.integers(0, 3, size=(5, 3))
+    target_mask = rng.random((5, 3)) < 0.7
+    target_mask[0, 0] = True
+    params = BOW.init_embedding_bag(6, 3, 2, rng, dtype=np.float64)
+    loss, _ = BOW.embedding_bag_loss(params, sources, source_mask, targets, target_mask)
+    terms = []
+    for b in range(5):                                   # the definition, token by token
+        h = params["embedding"][sources[b][source_mask[b]]].mean(axis=0)
+        log_p = log_softmax(h @ params["weight"] + params["bias"])
+        terms += [log_p[targets[b, t]] for t in np.flatnonzero(target_mask[b])]
+    assert loss == pytest.approx(-np.mean(terms), rel=1e-12)
+
+
+def _lexicon_task(rng):
+    """A subset copy task: the KTIW is the identity lexicon, β^px must peak at the aligned position."""
+    task = CopyTask(6, 40, "subset", specials=False)
+    return task, task.sample(rng, 3000), task.sample(rng, 100)
+
+
+def test_fit_embedding_bag_learns_the_lexicon_and_keeps_the_best_epoch():
+    rng = np.random.default_rng(np.random.SeedSequence(22))
+    task, fit, evaluate = _lexicon_task(rng)
+    model = BOW.fit_embedding_bag(*batch_arrays(fit), 40, 40, dim=16, lr=1e-2, batch_size=64, max_epochs=8,
+                                  seed=np.random.SeedSequence(5))
+    assert model.val_loss.shape == (model.epochs + 1,) and model.train_loss.shape == (model.epochs,)
+    assert model.best_epoch == int(np.argmin(model.val_loss)) and model.best_epoch >= 1
+    assert model.val_loss[model.best_epoch] < model.val_loss[0] - 1.0
+    assert model.n_train + model.n_val == 3000 and model.n_val == 300
+    assert model.params["embedding"].dtype == np.float32
+    # The returned parameters are those of the best epoch: their validation loss is the recorded one.
+    data = BOW._check_data(*batch_arrays(fit), 40, 40)
+    keep = np.arange(3000)
+    perm = np.random.default_rng(np.random.SeedSequence(5).spawn(3)[0]).permutation(keep)
+    assert BOW._mean_loss(model.params, data, np.sort(perm[:300])) == pytest.approx(
+        model.val_loss[model.best_epoch], rel=1e-5)
+    beta = BOW.beta_px_embedding(model, *batch_arrays(evaluate))
+    assert beta.shape == (100, 6, 6)
+    np.testing.assert_array_equal(np.nanargmax(beta, axis=-1), np.broadcast_to(np.arange(6), (100, 6)))
+    # Seeded by a SeedSequence: the same seed gives the same model, another seed another one.
+    again = BOW.fit_embedding_bag(*batch_arrays(fit), 40, 40, dim=16, lr=1e-2, batch_size=64, max_epochs=2,
+                                  seed=np.random.SeedSequence(5))
+    first2 = BOW.fit_embedding_bag(*batch_arrays(fit), 40, 40, dim=16, lr=1e-2, batch_size=64, max_epochs=2,
+                                   seed=np.random.SeedSequence(5))
+    other = BOW.fit_embedding_bag(*batch_arrays(fit), 40, 40, dim=16, lr=1e-2, batch_size=64, max_epochs=2,
+                                  seed=np.random.SeedSequence(6))
+    np.testing.assert_array_equal(again.params["weight"], first2.params["weight"])
+    assert not np.array_equal(again.params["weight"], other.params["weight"])
+
+
+def test_fit_embedding_bag_stops_after_patience_epochs_without_improvement():
+    rng = np.random.default_rng(np.random.SeedSequence(23))
+    # Outputs independent of the sources: the validation loss soon stops improving.
+    sources = rng.integers(0, 50, size=(400, 5))
+    targets = rng.integers(0, 4, size=(400, 1))
+    model = BOW.fit_embedding_bag(sources, np.ones((400, 5), bool), targets, np.ones((400, 1), bool), 50, 4,
+                                  dim=8, lr=0.05, batch_size=32, max_epochs=40, patience=2, seed=3)
+    assert model.epochs < 40
+    assert model.epochs - model.best_epoch == 2
+    assert np.all(model.val_loss[model.best_epoch + 1:] >= model.val_loss[model.best_epoch])
+
+
+def test_beta_px_is_computed_chunk_by_chunk(monkeypatch):
+    rng = np.random.default_rng(np.random.SeedSequence(24))
+    task, fit, evaluate = _lexicon_task(rng)
+    model = BOW.fit_embedding_bag(*batch_arrays(fit), 40, 40, dim=8, max_epochs=1, seed=1, dtype=np.float64)
+    E, W, c = model.params["embedding"], model.params["weight"], model.params["bias"]
+    full = log_softmax(E @ W + c)
+    s, sm, t, tm = batch_arrays(evaluate)
+    expected = np.where(sm[:, None, :] & tm[:, :, None], full[s[:, None, :], t[:, :, None]], np.nan)
+    calls = []
+    original = BOW.log_softmax_precise
+
+    def counting(z, *a, **k):
+        calls.append(z.shape)
+        return original(z, *a, **k)
+
+    monkeypatch.setattr(BOW, "CHUNK_ELEMENTS", 3 * 40)      # 3 distinct words per chunk
+    monkeypatch.setattr(BOW, "log_softmax_precise", counting)
+    got = BOW.beta_px_embedding(model, s, sm, t, tm)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert calls and max(shape[0] for shape in calls) <= 3
+    assert len(calls) == -(-np.unique(s[sm]).size // 3)
+
+
+def test_fit_embedding_bag_rejects_bad_input():
+    s, m = np.array([[0, 1], [1, 0]]), np.ones((2, 2), bool)
+    t, tm = np.array([[0], [1]]), np.ones((2, 1), bool)
+    with pytest.raises(ValueError, match="validation"):
+        BOW.fit_embedding_bag(s, m, t, tm, 2, 2, validation=1.0)
+    with pytest.raises(ValueError, match="dtype"):
+        BOW.fit_embedding_bag(s, m, t, tm, 2, 2, dtype=np.int64)
+    with pytest.raises(TypeError, match="seed"):
+        BOW.fit_embedding_bag(s, m, t, tm, 2, 2, seed=1.5)
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        BOW.fit_embedding_bag(s[:1], m[:1], t[:1], tm[:1], 2, 2)
+    with pytest.raises(ValueError, match="params"):
+        BOW.embedding_bag_forward({"embedding": np.zeros((2, 3))}, s, m)
+    with pytest.raises(ValueError, match="no source token"):
+        BOW.embedding_bag_forward(BOW.init_embedding_bag(2, 2, 3, np.random.default_rng(0)), s, np.zeros((2, 2), bool))
+
+
+# ------------------------------------------------------------------------------------------------
+# Unseen words get the unconditional prediction; method selection
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["regression", "embedding", "counts"])
+def test_unseen_words_get_the_unconditional_prediction(method):
+    rng = np.random.default_rng(np.random.SeedSequence(25))
+    task = CopyTask(4, 12, "subset", specials=False)
+    fit = task.sample(rng, 600)
+    # Word 11 never occurs in the fitted sources.
+    keep = ~np.any((fit.source == 11) & fit.source_mask, axis=1)
+    fit = Seq2SeqBatch(*(np.asarray(getattr(fit, f))[keep] for f in Seq2SeqBatch._fields))
+    evaluate = task.sample(rng, 200)
+    fitted = fit_beta_px(fit, 12, 12, method, embedding={"dim": 8, "lr": 1e-2, "max_epochs": 10, "seed": 2})
+    assert not fitted.seen[11] and fitted.seen[:11].all()
+    beta = beta_px_from_fit(fitted, evaluate)
+    s, sm, t, tm = batch_arrays(evaluate)
+    pairs = (s[:, None, :] == 11) & sm[:, None, :] & tm[:, :, None]
+    assert pairs.any()
+    np.testing.assert_allclose(beta[pairs], np.broadcast_to(fitted.log_marginal[t][:, :, None], beta.shape)[pairs],
+                               rtol=1e-12)
+    # The unconditional prediction is a distribution over the outputs close to their frequencies.
+    assert np.exp(fitted.log_marginal).sum() == pytest.approx(1.0, rel=1e-6)
+    freq = np.bincount(fit.target_out[fit.target_mask], minlength=12) / fit.target_mask.sum()
+    np.testing.assert_allclose(np.exp(fitted.log_marginal), freq, atol=0.05)
+    # Seen words keep their own prediction (the aligned position still ranks first elsewhere).
+    other = ~pairs & sm[:, None, :] & tm[:, :, None]
+    assert np.all(np.isfinite(beta[other]))
+
+
+def test_regression_unseen_words_without_the_fix_would_get_the_bias_alone():
+    """What the fix changes: an unseen word's row of W stays 0, so the exact regression alone says
+    log softmax(b) — the prediction for an *empty* bag, not the model's unconditional prediction."""
+    rng = np.random.default_rng(np.random.SeedSequence(26))
+    task = KeywordClassificationTask(vocab=20, length=8, n_classes=2, keywords_per_class=2,
+                                     keyword_strength=0.9, min_length=4)
+    fit, evaluate = task.sample(rng, 400), task.sample(rng, 100)
+    n_in, n_out = task.input_vocab_size, task.output_vocab_size
+    fitted = fit_beta_px(fit, n_in, n_out, "regression")
+    plain = beta_px_regression(fitted.model, *batch_arrays(evaluate))
+    fixed = beta_px_from_fit(fitted, evaluate)
+    seen = fitted.seen[evaluate.tokens][:, None, :] & evaluate.mask[:, None, :]
+    np.testing.assert_array_equal(plain[seen], fixed[seen])
+    expected = BOW.mean_prediction(lambda s, m: BOW.regression_log_probs(fitted.model, s, m),
+                                   *batch_arrays(fit), n_out)
+    np.testing.assert_allclose(fitted.log_marginal, expected)
+    assert not np.allclose(expected, log_softmax(fitted.model.bias), atol=1e-3)
+
+
+def test_mean_prediction_is_the_token_weighted_average():
+    rng = np.random.default_rng(27)
+    sources = rng.integers(0, 5, size=(6, 3))
+    source_mask = np.ones((6, 3), bool)
+    targets = rng.integers(0, 4, size=(6, 2))
+    target_mask = np.array([[1, 1], [1, 0], [0, 0], [1, 1], [0, 1], [1, 0]], bool)
+    params = BOW.init_embedding_bag(5, 4, 3, rng, dtype=np.float64)
+
+    def log_probs(s, m):
+        return log_softmax(BOW.embedding_bag_forward(params, s, m)[0])
+
+    p = np.exp(log_probs(sources, source_mask))
+    n = target_mask.sum(axis=1)
+    np.testing.assert_allclose(BOW.mean_prediction(log_probs, sources, source_mask, targets, target_mask, 4),
+                               np.log(n @ p / n.sum()), rtol=1e-12)
+
+
+def test_beta_px_for_batch_methods():
+    rng = np.random.default_rng(np.random.SeedSequence(28))
+    task, fit, evaluate = _lexicon_task(rng)
+    counts = beta_px_for_batch(fit, evaluate, 40, 40, method="counts")
+    np.testing.assert_array_equal(counts, beta_px_for_batch(fit, evaluate, 40, 40, method="closed_form"))
+    emb = beta_px_for_batch(fit, evaluate, 40, 40, method="embedding",
+                            embedding={"dim": 16, "lr": 1e-2, "max_epochs": 4, "seed": 0})
+    assert agreement(emb, counts) == 1.0
+    with pytest.raises(ValueError, match="method must be one of"):
+        beta_px_for_batch(fit, evaluate, 40, 40, method="bag")
+
+
+def test_precise_log_softmax_keeps_confident_words_apart():
+    """Without log1p, every margin above ≈ 37 gives log p = 0.0 exactly: confident words would tie."""
+    z = np.array([[0.0, 40.0], [0.0, 50.0], [3.0, -1.0], [2.0, 2.0]])
+    precise = BOW.log_softmax_precise(z)
+    plain = log_softmax(z)
+    assert plain[0, 1] == plain[1, 1] == 0.0                       # the tie the precise version avoids
+    np.testing.assert_allclose(precise[:2, 1], -np.exp([-40.0, -50.0]), rtol=1e-12)
+    assert precise[0, 1] < precise[1, 1] < 0.0
+    np.testing.assert_allclose(precise, plain, rtol=1e-12, atol=1e-15)
+    rng = np.random.default_rng(29)
+    x = rng.normal(size=(6, 5)) * 3
+    np.testing.assert_allclose(BOW.log_softmax_precise(x), log_softmax(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.exp(BOW.log_softmax_precise(x)).sum(axis=-1), 1.0, rtol=1e-12)
