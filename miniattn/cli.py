@@ -18,8 +18,11 @@ Real text (a ``label<TAB>text`` file; the text options are :mod:`miniattn.tasks.
                    --lowercase --min-count 2 --max-vocab 20000 --out runs/reviews
 
 Before training a text task the command prints a summary of the data (examples, vocabulary sizes,
-held-out count, dropped pairs, classes, the header decision) and its memory estimate; it refuses a
-configuration whose estimate exceeds the memory available (or ``--max-memory``).
+held-out count, dropped pairs, classes, the header decision) and its memory estimate. Every command
+refuses a configuration whose estimate exceeds the memory available (or ``--max-memory``); the
+estimate is made from the arguments (and a text task's data) before the task and the model are
+built, so a ``--vocab``, ``--dim`` or ``--heads`` too large to fit is refused in one line instead of
+being allocated.
 
 A run with ``--out`` writes ``config.json``, ``metrics.jsonl`` and ``checkpoint.npz`` there; the
 same command run again resumes from the checkpoint (``--fresh`` starts over), so an interrupted run
@@ -31,10 +34,11 @@ of a text file, ``--held-out``), the training streams (batches and held-out samp
 :func:`miniattn.train.train`) and the probe batch whose attention a run with ``--out`` records at
 every evaluation (``RUN/attention.npz``; ``miniattn plot --run RUN`` draws it).
 
-Exit status: 0 success; 1 training diverged or a run directory could not be read; 2 bad arguments
-(including a model/task combination that does not fit), a data file that cannot be used, a memory
-estimate above the limit, or an ``--out`` that holds another run (these print one line,
-``miniattn: error: ...``); 130 interrupted.
+Exit status: 0 success; 1 training diverged, a checkpoint that cannot be resumed, or a run directory
+that could not be read; 2 bad arguments (including a model/task combination that does not fit), a
+data file that cannot be used, a memory estimate above the limit (or memory running out while the
+model is built), an ``--out`` that cannot be created or holds another run, or a malformed
+``config.json`` in it (these print one line, ``miniattn: error: ...``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -56,13 +60,14 @@ from miniattn.models.rnn_classifier import RecurrentAttentionClassifier
 from miniattn.models.rnn_seq2seq import RecurrentSeq2SeqAttention
 from miniattn.models.toy import toy_batch
 from miniattn.optim import make_optimizer
+from miniattn.progress import progress_callback
 from miniattn.tasks import CopyTask, FixedBatchTask, HeldOutSplit, KeywordClassificationTask, TranslationTask
 from miniattn.tasks.text_options import add_text_arguments, describe_dataset, text_options_from_args
 from miniattn.train import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, TrainingDiverged, load_checkpoint,
                             train)
 
 __all__ = ["main", "build_parser", "MODELS", "TASKS", "COMPATIBLE_TASKS", "estimate_memory",
-           "thread_settings"]
+           "planned_memory", "thread_settings"]
 
 MODELS = ("seq2seq", "classifier", "free-copy", "toy", "rnn-seq2seq", "rnn-classifier")
 TASKS = ("copy", "keyword", "translation", "text-classification", "parallel", "toy")
@@ -171,7 +176,7 @@ def _memory_size(text: str) -> int:
 
 
 def _format_bytes(n: float) -> str:
-    for unit, size in (("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
+    for unit, size in (("TB", 2 ** 40), ("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
@@ -379,6 +384,31 @@ def _check_combination(args, parser) -> None:
         parser.error(f"--init-scale must be > 0 for --model {args.model}")
 
 
+def _check_task_arguments(args, parser) -> None:
+    """Usage errors (exit 2) of the synthetic tasks' sizes that the task constructors would raise:
+    checked here from the arguments, so that they come before the memory estimate (an impossible
+    combination of a huge ``--n-classes`` and a small ``--vocab`` is a usage error, not a memory
+    refusal) and before anything is built."""
+    if args.task == "copy":
+        V, L, mode = _option(args, "vocab"), _option(args, "length"), _option(args, "mode")
+        if mode == "permutation" and V != L:
+            parser.error(f"--mode permutation orders all tokens, so it needs vocab == length; got --vocab {V}, "
+                         f"--length {L} (use --mode subset for vocab > length)")
+        if mode == "subset" and L > V:
+            parser.error(f"--mode subset draws distinct tokens, so it needs length <= vocab; got --length {L}, "
+                         f"--vocab {V} (use --mode replacement for i.i.d. tokens)")
+    elif args.task == "keyword":
+        V, C = _option(args, "vocab"), _option(args, "n_classes")
+        if 2 * C >= V:   # two keywords per class and at least one filler word
+            parser.error(f"--task keyword plants 2 keywords per class, so --vocab must exceed 2 x --n-classes "
+                         f"= {2 * C}; got --vocab {V}")
+    elif args.task == "translation":
+        target = args.target_vocab or _option(args, "vocab")
+        if target < 3:   # the two function words and at least one content word
+            parser.error(f"--task translation needs a target vocabulary of at least 3 (--target-vocab, "
+                         f"default --vocab), got {target}")
+
+
 def _option(args, dest):
     value = getattr(args, dest)
     if value is not None:
@@ -473,7 +503,9 @@ def estimate_memory(args, task, model) -> dict:
     with (k_out, k_att, k_hid) = (4, 4, 12) for a training step (log-probs, softmax, their
     gradients; scores, weights and their gradients; activations and their gradients) and (3, 2, 6)
     for an evaluation. It is an estimate of the arrays' size, not a measurement; it is dominated by
-    the B × T × C log-probs of a text task with a large vocabulary.
+    the B × T × C log-probs of a text task with a large vocabulary, and by the 4 P term of a model
+    with a huge vocabulary or width. :func:`planned_memory` evaluates the same formula from the
+    arguments alone, before anything is built.
 
     Parameters
     ----------
@@ -488,14 +520,26 @@ def estimate_memory(args, task, model) -> dict:
     -------
     dict
         ``train``, ``eval`` (bytes), and the sizes used: ``batch``, ``eval_chunk``, ``source``,
-        ``target``, ``classes``, ``heads``, ``params``.
+        ``target``, ``classes``, ``heads``, ``params`` and ``param_bytes`` (b · 4 P).
     """
     params = sum(int(np.asarray(v).size) for v in model.params.values())
     itemsize = max((np.asarray(v).dtype.itemsize for v in model.params.values()), default=8)
-    S = int(getattr(task, "source_length", 1) or 1)
+    held = getattr(task, "held_out_indices", None)
+    sizes = {"source": int(getattr(task, "source_length", 1) or 1),
+             "target": int(getattr(task, "target_length", 0) or 0),
+             "classes": int(getattr(task, "output_vocab_size", 2) or 2),
+             "held_out": None if held is None else len(held)}
+    return _memory_formula(args, sizes, params, itemsize)
+
+
+def _memory_formula(args, sizes: dict, params: int, itemsize: int) -> dict:
+    """The formula of :func:`estimate_memory` with the sizes ``source`` (S), ``target`` (T; 0 means
+    T = S), ``classes`` (C) and ``held_out`` (the held-out examples of a text task, or None), in
+    Python integers (no overflow for any size)."""
+    S = max(1, int(sizes["source"]))
     classify = args.model in ("classifier", "rnn-classifier", "toy")
-    T = 1 if classify else int(getattr(task, "target_length", S) or S)
-    C = int(getattr(task, "output_vocab_size", 2) or 2)
+    T = 1 if classify else int(sizes["target"] or S)
+    C = max(2, int(sizes["classes"] or 2))
     heads = int(args.heads or 1) if args.model == "seq2seq" else 1
     if args.model in ("rnn-seq2seq", "rnn-classifier"):
         width = 8 * int(args.hidden or max(1, _option(args, "dim") // 2))
@@ -504,8 +548,8 @@ def estimate_memory(args, task, model) -> dict:
     else:
         width = 1
     B = 2 if args.model == "toy" else int(args.batch_size)
-    held = getattr(task, "held_out_indices", None)
-    E = int(args.eval_size) if held is None else max(1, min(int(args.eval_size), len(held)))
+    held = sizes.get("held_out")
+    E = int(args.eval_size) if held is None else max(1, min(int(args.eval_size), int(held)))
 
     def per_example(k):
         return k["output"] * T * C + k["attention"] * heads * T * S + k["hidden"] * (S + T) * width
@@ -513,7 +557,110 @@ def estimate_memory(args, task, model) -> dict:
     return {"train": itemsize * (B * per_example(_TRAIN_COPIES) + 4 * params),
             "eval": itemsize * (E * per_example(_EVAL_COPIES) + 4 * params),
             "batch": B, "eval_chunk": E, "source": S, "target": T, "classes": C, "heads": heads,
-            "params": params}
+            "params": params, "param_bytes": itemsize * 4 * params}
+
+
+def _recurrent_parameters(kind: str, D: int, H: int) -> int:
+    """Parameters of one LSTM/GRU layer with input size D and hidden size H (its W_x, W_h, biases)."""
+    gates = 4 if kind == "lstm" else 3
+    biases = 1 if kind == "lstm" else 2
+    return D * gates * H + H * gates * H + biases * gates * H
+
+
+def _planned_sizes(args, task=None) -> dict | None:
+    """The sizes the task of ``args`` will have, from the arguments alone (or from ``task`` when given,
+    e.g. a loaded text dataset); None for the toy task, whose sizes are fixed and tiny.
+
+    Returns
+    -------
+    dict or None
+        ``input_vocab`` (V_in), ``classes`` (C, the output vocabulary), ``source`` (S), ``target``
+        (T; for translation the lower bound L + 1 of its lexicon-dependent length) and
+        ``held_out`` (held-out examples of a text task, else None).
+    """
+    if task is not None:
+        held = getattr(task, "held_out_indices", None)
+        return {"input_vocab": int(task.input_vocab_size), "classes": int(task.output_vocab_size),
+                "source": int(task.source_length), "target": int(task.target_length),
+                "held_out": None if held is None else len(held)}
+    if args.task == "copy":
+        V, L = _option(args, "vocab"), _option(args, "length")
+        extra = 0 if args.model == "free-copy" else 1   # specials: V + 3 ids, L + 1 positions
+        return {"input_vocab": V + 3 * extra, "classes": V + 3 * extra, "source": L + extra,
+                "target": L + extra, "held_out": None}
+    if args.task == "keyword":
+        return {"input_vocab": _option(args, "vocab") + 1, "classes": _option(args, "n_classes"),
+                "source": _option(args, "length"), "target": 1, "held_out": None}
+    if args.task == "translation":
+        V, L = _option(args, "vocab"), _option(args, "length")
+        return {"input_vocab": V + 3, "classes": (args.target_vocab or V) + 3, "source": L + 1,
+                "target": L + 1, "held_out": None}
+    return None
+
+
+def _parameter_count(args, sizes: dict) -> int:
+    """The number of parameters the model of ``args`` will have on a task of ``sizes``
+    (:func:`_planned_sizes`), counted from the shapes its constructor allocates::
+
+        seq2seq         V_in·d [+ C·d unless shared] + (S + T)·d + h·d² [+ h·d² value, h > 1] + 2d·C + C
+        classifier      V_in·d + k [+ d·k + k with --score-hidden k] + d·C + C      (k = d without)
+        rnn-seq2seq     embeddings + 2 R(d, H) + R(d, 2H) + (2H)² + 4H·C + C
+        rnn-classifier  V_in·d + 2 R(d, H) + 2H + 2H·C + C
+        free-copy       [L² unless uniform] + (2 V·r if factorised, else V²) + V
+
+    where R(D, H) is one LSTM/GRU layer (:func:`_recurrent_parameters`), H = ``--hidden``
+    (default d // 2), r the factorisation rank (``--dim``, default V), and L, V the copy length
+    and vocabulary (S and V_in without specials).
+    """
+    V, C, S, T = sizes["input_vocab"], sizes["classes"], sizes["source"], sizes["target"]
+    d = int(_option(args, "dim"))
+    if args.model == "seq2seq":
+        heads = int(args.heads or 1)
+        embeddings = V * d + (0 if V == C else C * d)
+        return embeddings + (S + T) * d + heads * d * d * (2 if heads > 1 else 1) + 2 * d * C + C
+    if args.model == "classifier":
+        k = args.score_hidden or d
+        return V * d + k + (d * k + k if args.score_hidden else 0) + d * C + C
+    if args.model in ("rnn-seq2seq", "rnn-classifier"):
+        H = int(args.hidden or max(1, d // 2))
+        kind = args.encoder or "lstm"
+        encoder = 2 * _recurrent_parameters(kind, d, H)
+        if args.model == "rnn-classifier":
+            return V * d + encoder + 2 * H + 2 * H * C + C
+        embeddings = V * d + (0 if V == C else C * d)
+        return embeddings + encoder + _recurrent_parameters(kind, d, 2 * H) + 4 * H * H + 4 * H * C + C
+    if args.model == "free-copy":
+        rank = args.dim or V
+        return (0 if args.uniform else S * S) + (2 * V * rank if args.factorised else V * V) + V
+    raise ValueError(f"no parameter count for --model {args.model}")
+
+
+def planned_memory(args, task=None) -> dict | None:
+    """:func:`estimate_memory` from the arguments alone, before the task and the model are built.
+
+    The parameters P are counted from the shapes the model's constructor will allocate
+    (:func:`_parameter_count`); the sizes S, T, C come from the arguments (or from ``task``, a
+    loaded text dataset). It equals :func:`estimate_memory` of the built model, except for the
+    translation task, whose target length depends on its drawn lexicon: there T is its lower bound
+    L + 1 (in the activations and in the seq2seq model's T × d target positions), so the estimate
+    never exceeds the one made after building, which :func:`_build` checks as well.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The ``train`` options after :func:`_check_combination`.
+    task : optional
+        The loaded dataset of a text task (its vocabulary sizes are those of the file).
+
+    Returns
+    -------
+    dict or None
+        As :func:`estimate_memory`; None for the toy model (fixed, tiny sizes).
+    """
+    sizes = _planned_sizes(args, task)
+    if sizes is None or args.model == "toy":
+        return None
+    return _memory_formula(args, sizes, _parameter_count(args, sizes), np.dtype(np.float64).itemsize)
 
 
 def _memory_available() -> int | None:
@@ -526,6 +673,24 @@ def _memory_available() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+#: Options that set the size of a model or task, in the order a refusal names them.
+_SIZE_OPTIONS = ("vocab", "target_vocab", "length", "n_classes", "max_vocab", "max_length", "dim", "heads",
+                 "hidden", "score_hidden")
+
+
+def _size_options(args) -> str:
+    """``--vocab, --length, --dim, --batch-size or --eval-size``: what a memory refusal advises to lower
+    (the size options that apply to this model and task, then the batch sizes)."""
+    names = []
+    for dest in _SIZE_OPTIONS:
+        models, tasks = _MODEL_OPTIONS.get(dest, MODELS), _TASK_OPTIONS.get(dest, TASKS)
+        if args.model in models and args.task in tasks and not (dest == "dim" and args.model == "free-copy"
+                                                                 and not args.factorised):
+            names.append(_option_name(dest))
+    names += ["--batch-size", "--eval-size"]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _check_memory(args, estimate: dict) -> str | None:
@@ -544,9 +709,10 @@ def _check_memory(args, estimate: dict) -> str | None:
         _fail(f"estimated peak memory {_format_bytes(peak)} per {what} exceeds {source} "
               f"(training: {e['batch']} x {e['target']} x {e['classes']} log-probs and gradients, "
               f"attention {e['batch']} x {e['target']} x {e['source']} x {e['heads']} head(s), "
-              f"{e['params']} parameters with Adam state = {_format_bytes(e['train'])}; evaluation: "
-              f"{_format_bytes(e['eval'])} per chunk of {e['eval_chunk']}); lower --batch-size, "
-              f"--eval-size or --max-vocab (or raise --max-memory)")
+              f"{e['params']} parameters with Adam state = {_format_bytes(e['param_bytes'])}, "
+              f"{_format_bytes(e['train'])} in all; evaluation: "
+              f"{_format_bytes(e['eval'])} per chunk of {e['eval_chunk']}); lower "
+              f"{_size_options(args)} (or raise --max-memory)")
     return summary
 
 
@@ -580,19 +746,49 @@ def thread_settings() -> dict:
     return settings
 
 
-def _thread_difference(stored, current) -> str | None:
+def _malformed_threads(stored) -> str | None:
+    """Why a stored thread record (``config.run.threads``) cannot be compared, or None when it can."""
     if not isinstance(stored, dict):
+        return f"an object was expected, got {type(stored).__name__}"
+    for name in _THREAD_VARIABLES:
+        value = stored.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name} should be a string or null, got {type(value).__name__}"
+    pools = stored.get("threadpoolctl")
+    if pools is not None and not (isinstance(pools, list) and all(isinstance(p, dict) for p in pools)):
+        return f"threadpoolctl should be a list of objects or null, got {json.dumps(pools)[:40]}"
+    return None
+
+
+def _describe_pools(report) -> str:
+    if report is None:
+        return "not reported"
+    return ", ".join(f"{p.get('internal_api')} {p.get('num_threads')}" for p in report) or "none"
+
+
+def _thread_difference(stored, current) -> str | None:
+    """How the BLAS thread setting ``current`` (:func:`thread_settings`) differs from the ``stored``
+    record of a run's first session, as one clause for the resume warning, or None when it does not.
+
+    A run from before the setting was recorded (``stored`` None) is not compared. A malformed record
+    (not an object, a variable that is not a string, a ``threadpoolctl`` entry that is not a list of
+    objects) makes the first session's setting unknown: the clause says so and lists this session's.
+    """
+    if stored is None:
         return None
+    problem = _malformed_threads(stored)
+    if problem is not None:
+        now = ", ".join(f"{name} {current.get(name) or 'unset'}" for name in _THREAD_VARIABLES)
+        if current.get("threadpoolctl") is not None:
+            now += f", threadpoolctl {_describe_pools(current['threadpoolctl'])}"
+        return f"first session unknown: its record in {CONFIG_NAME} is malformed ({problem}); this session: {now}"
     parts = []
     for name in _THREAD_VARIABLES:
         if stored.get(name) != current.get(name):
             parts.append(f"{name} {stored.get(name) or 'unset'} -> {current.get(name) or 'unset'}")
     if "threadpoolctl" in stored and stored.get("threadpoolctl") != current.get("threadpoolctl"):
-        def pools(report):
-            if report is None:
-                return "not reported"
-            return ", ".join(f"{p.get('internal_api')} {p.get('num_threads')}" for p in report) or "none"
-        parts.append(f"threadpoolctl {pools(stored.get('threadpoolctl'))} -> {pools(current.get('threadpoolctl'))}")
+        parts.append(f"threadpoolctl {_describe_pools(stored.get('threadpoolctl'))} -> "
+                     f"{_describe_pools(current.get('threadpoolctl'))}")
     return "; ".join(parts) or None
 
 
@@ -630,22 +826,63 @@ def _train_command(run: dict, steps: int | None = None) -> str:
 
 
 def _stored_run(out: Path | None):
-    """``(meta, run)`` of the run in ``out`` (``config.json`` and its ``config.run``), or (None, None)."""
+    """``(meta, run)`` of the run in ``out`` (``config.json`` and its ``config.run``), or (None, None).
+
+    Raises
+    ------
+    OSError, ValueError
+        When ``config.json`` cannot be read or is not JSON.
+    TypeError
+        When it is not a run config: ``config``, ``config.run`` or ``config.train`` is missing or is
+        not an object (the message names the entry).
+    """
     if out is None or not (out / CONFIG_NAME).exists():
         return None, None
     meta = io.read_json(out / CONFIG_NAME)
-    run = meta["config"]["run"]
-    if not isinstance(run, dict):
-        raise TypeError("config.run is not an object")
-    return meta, run
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise TypeError("its 'config' entry is missing or not an object")
+    for key in ("run", "train"):
+        if not isinstance(config.get(key), dict):
+            raise TypeError(f"config.{key} is missing or not an object")
+    return meta, config["run"]
+
+
+def _parent_problem(out: Path) -> str | None:
+    """Why the directory ``out`` (which does not exist) cannot be created, when its nearest existing
+    ancestor tells: that ancestor is a file. None otherwise (``mkdir`` may still fail, see
+    :func:`_make_run_directory`)."""
+    for parent in out.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            return None
+    return None
+
+
+def _make_run_directory(out: Path) -> None:
+    """Create ``--out`` (and its parents) or end in one line naming it and the reason (exit 2)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = _parent_problem(out) or err.strerror or str(err)
+        _fail(f"--out: cannot create the run directory {out} ({reason})")
+    if not out.is_dir():
+        _fail(f"--out: {out} is not a directory")
 
 
 def _check_run_directory(args, config: dict) -> dict | None:
-    """Refuse (one line, exit 2) an ``--out`` that is not this run's directory: a file, a foreign
-    directory, or a run of other options (unless ``--fresh`` asks to start that run over). Return
-    the stored ``config.json`` of the run to resume, if any."""
+    """Refuse (one line, exit 2) an ``--out`` that is not this run's directory: a file, a path under
+    a file, a foreign directory, an unreadable or malformed ``config.json``, or a run of other
+    options (unless ``--fresh`` asks to start that run over). Return the stored ``config.json`` of
+    the run to resume, if any. Nothing is written."""
     out = args.out
-    if out is None or not out.exists():
+    if out is None:
+        return None
+    if not out.exists():
+        problem = _parent_problem(out)
+        if problem is not None:
+            _fail(f"--out: cannot create the run directory {out} ({problem})")
         return None
     if not out.is_dir():
         _fail(f"--out: {out} is a file, not a directory")
@@ -680,25 +917,43 @@ def _check_run_directory(args, config: dict) -> dict | None:
             _fail(f"--out: {out} holds a run already trained to step {done}, more than --steps {args.steps}; "
                   f"pass --steps {done} to keep it as it is, a larger --steps to extend it, or --fresh to "
                   "start over")
-        difference = _thread_difference(stored.get("threads"), current.get("threads"))
-        if difference is not None:
+        stored_threads = stored.get("threads")
+        difference = _thread_difference(stored_threads, current.get("threads"))
+        if difference is not None and _malformed_threads(stored_threads) is not None:
+            _warn(f"resuming {out}, whose BLAS thread setting is unknown ({difference}); results may differ "
+                  "from an uninterrupted run at the ~1e-15 level")
+        elif difference is not None:
             _warn(f"resuming {out} with another BLAS thread setting than its first session ({difference}); "
                   "results may differ from an uninterrupted run at the ~1e-15 level")
     return meta
 
 
-def _record_steps(out: Path, meta: dict, steps: int) -> None:
+def _record_steps(out: Path, steps: int) -> None:
     """Make ``config.json`` say the run now aims at ``steps`` (after a resume with another ``--steps``),
-    so that ``miniattn eval`` compares the run with the steps it was last asked for."""
+    so that ``miniattn eval`` compares the run with the steps it was last asked for.
+
+    Called only once :func:`miniattn.train.train` has accepted the run's checkpoint (a refused resume
+    leaves ``config.json`` as it was); the file is read again here, since ``train`` rewrites it when
+    the run starts over. A file that cannot be read or is not a run config ends the command in one
+    line naming it (exit 2).
+    """
+    path = out / CONFIG_NAME
+    try:
+        meta, _ = _stored_run(out)
+    except (OSError, ValueError, TypeError) as err:
+        _fail(f"--out: {path} is not a readable miniattn run config ({err}); it was not updated to --steps {steps}")
+    if meta is None:
+        return
     config = meta["config"]
     before = config["train"].get("steps")
     if before == steps:
         return
-    history = list(config["run"].get("steps_history") or [before])
+    history = config["run"].get("steps_history")
+    history = list(history) if isinstance(history, list) else [before]
     config["train"]["steps"] = steps
     config["run"]["steps"] = steps
     config["run"]["steps_history"] = history + [steps]
-    io.atomic_write_json(out / CONFIG_NAME, meta)
+    io.atomic_write_json(path, meta)
 
 
 #: Probe examples whose attention is recorded at every evaluation of a run with ``--out``.
@@ -725,20 +980,43 @@ def _snapshot_recorder(args, task, probe_ss):
         _fail(f"--out: {err}")
 
 
-def _run_train(args, parser) -> int:
-    _check_combination(args, parser)
-    root = np.random.SeedSequence(args.seed)
-    # spawn(4): children 0-2 are those of the earlier spawn(3), so runs made before the probe stream
-    # existed keep their initialisation, task and batches.
-    model_ss, task_ss, train_ss, probe_ss = root.spawn(4)
+def _build(args, parser, task_ss, model_ss):
+    """``(task, model, memory line)``: the memory estimate from the arguments (:func:`planned_memory`)
+    is checked first, then the task and the model are built, then the estimate of what was built.
+
+    A text task's dataset is loaded before the first estimate (its vocabulary is the file's). An
+    estimate above the limit, or a MemoryError while building, ends the command in one line (exit 2);
+    a constructor's ValueError/TypeError is a usage error naming the argument.
+    """
+    text_task = args.task in ("text-classification", "parallel")
+    planned = None
     try:
-        task = _build_task(args, np.random.default_rng(task_ss))
+        task = _build_task(args, np.random.default_rng(task_ss)) if text_task else None
+        planned = planned_memory(args, task)
+        if planned is not None:
+            _check_memory(args, planned)
+        if task is None:
+            task = _build_task(args, np.random.default_rng(task_ss))
         model = _build_model(args, task, np.random.default_rng(model_ss))
     except (ValueError, TypeError) as err:
         # The constructors name the offending argument and its allowed range.
         parser.error(str(err))
+    except MemoryError:
+        need = "" if planned is None else f" (estimated {_format_bytes(max(planned['train'], planned['eval']))})"
+        _fail(f"out of memory while building --model {args.model} for --task {args.task}{need}; lower "
+              f"{_size_options(args)}")
+    return task, model, _check_memory(args, estimate_memory(args, task, model))
+
+
+def _run_train(args, parser) -> int:
+    _check_combination(args, parser)
+    _check_task_arguments(args, parser)
+    root = np.random.SeedSequence(args.seed)
+    # spawn(4): children 0-2 are those of the earlier spawn(3), so runs made before the probe stream
+    # existed keep their initialisation, task and batches.
+    model_ss, task_ss, train_ss, probe_ss = root.spawn(4)
+    task, model, memory_line = _build(args, parser, task_ss, model_ss)
     text_task = args.task in ("text-classification", "parallel")
-    memory_line = _check_memory(args, estimate_memory(args, task, model))
     opt_kwargs: dict[str, Any] = {} if args.lr is None else {"lr": args.lr}
     if args.optimizer == "sgd":
         opt_kwargs["momentum"] = args.momentum
@@ -749,19 +1027,37 @@ def _run_train(args, parser) -> int:
     config["seed_streams"] = "SeedSequence(seed).spawn(4): model init, task, training, attention probe"
     config["threads"] = thread_settings()
     meta = _check_run_directory(args, config)
-    if meta is not None:
-        _record_steps(args.out, meta, args.steps)
     if text_task and not args.quiet:
         for line in describe_dataset(task):
             print(f"data: {line}")
         print(memory_line)
     on_eval = _snapshot_recorder(args, task, probe_ss)
+    if args.out is not None:
+        _make_run_directory(args.out)
+    # config.json records a new --steps only once train() has accepted the checkpoint: at the first
+    # step it trains, or when it returns (a resume with nothing left to train).
+    recorded = meta is None
+
+    def record_steps():
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            _record_steps(args.out, args.steps)
+
+    display = progress_callback(False if args.quiet else None)
+
+    def progress(event):
+        record_steps()
+        if display is not None:
+            display(event)
+
     try:
         history = train(model, task, optimizer, steps=args.steps, batch_size=args.batch_size,
                         seed=train_ss, eval_every=args.eval_every, eval_size=args.eval_size,
                         out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=not args.fresh,
-                        progress=False if args.quiet else None, config=config, on_eval=on_eval)
+                        progress=progress, config=config, on_eval=on_eval)
     except TrainingDiverged as err:
+        record_steps()  # the checkpoint was accepted: the divergence came in a step after it
         print(f"miniattn train: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -771,6 +1067,7 @@ def _run_train(args, parser) -> int:
     except ValueError as err:  # e.g. --out holds a checkpoint that does not fit this run
         print(f"miniattn train: {err} (--fresh starts the run in --out over)", file=sys.stderr)
         return 1
+    record_steps()
     if not args.quiet:
         print(_format_record(history.last))
         if args.out is not None:
@@ -782,6 +1079,15 @@ def _run_train(args, parser) -> int:
 # eval and info
 # --------------------------------------------------------------------------------------------------
 
+def _record_line(path: Path, index: int) -> int:
+    """The line number of record ``index`` of the JSON-lines file ``path`` as
+    :func:`miniattn.io.read_jsonl` counts records (blank lines hold none)."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    filled = [number for number, raw in enumerate(lines, start=1) if raw.strip()]
+    return filled[index] if index < len(filled) else len(lines)
+
+
 def _run_eval(args, parser) -> int:
     run = args.run
     if not run.is_dir():
@@ -792,8 +1098,13 @@ def _run_eval(args, parser) -> int:
         return 1
     try:
         records = io.read_jsonl(metrics)
-    except ValueError as err:
+    except (OSError, ValueError) as err:
         print(f"miniattn eval: {err}", file=sys.stderr)
+        return 1
+    bad = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
+    if bad is not None:
+        print(f"miniattn eval: {metrics}: line {_record_line(metrics, bad)} is not a JSON object (got "
+              f"{type(records[bad]).__name__}); not a metrics log written by `miniattn train`", file=sys.stderr)
         return 1
     if not records:
         print(f"miniattn eval: {metrics} holds no evaluation yet", file=sys.stderr)

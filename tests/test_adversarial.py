@@ -318,8 +318,6 @@ _NONFINITE_LOSS = ("restore() checks params and optimiser state for NaN/inf but 
 _HISTORY_VALUES = ("restore() converts history values (train_loss to float, evals[-1]['step'] to int) "
                    "without context: a string there is a ValueError that names neither the checkpoint "
                    "nor the run")
-_CONFIG_TRAIN = ("cli._record_steps indexes config['train'] without checking it: a config.json without "
-                 "a 'train' object (or with a string there) ends in KeyError/AttributeError (traceback)")
 
 
 def _resume_cases():
@@ -395,10 +393,8 @@ def _resume_cases():
         "config-not-utf8": _write(CONFIG_NAME, b"\xff\xfe{"), "config-directory": _write(CONFIG_NAME, "DIR"),
         "config-dim-string": _config_edit(lambda m: m["config"]["run"].__setitem__("dim", "8")),
         "config-other-model": _config_edit(lambda m: m["config"]["run"].__setitem__("model", "toy")),
-        "config-without-train": pytest.param(_config_edit(lambda m: m["config"].pop("train")),
-                                             marks=xfail(_CONFIG_TRAIN)),
-        "config-train-string": pytest.param(_config_edit(lambda m: m["config"].__setitem__("train", "x")),
-                                            marks=xfail(_CONFIG_TRAIN)),
+        "config-without-train": _config_edit(lambda m: m["config"].pop("train")),
+        "config-train-string": _config_edit(lambda m: m["config"].__setitem__("train", "x")),
     }
     cases = []
     for name, mutation in refusals.items():
@@ -437,9 +433,6 @@ def test_2_resume_refuses_what_it_cannot_trust(mutate, expected, reference_run, 
         assert (run / CHECKPOINT_NAME).read_bytes() == before, "a refused checkpoint was overwritten"
 
 
-_REFUSED_RECORDS = ("cli._run_train calls _record_steps (rewriting config.json with the new --steps and "
-                    "steps_history) before train() validates the checkpoint: a refused resume still changes "
-                    "the run, and `miniattn eval` then advises a resume command that is refused again")
 
 
 @pytest.mark.parametrize("mutate", [
@@ -448,7 +441,6 @@ _REFUSED_RECORDS = ("cli._run_train calls _record_steps (rewriting config.json w
     pytest.param(_set("run_key", np.array('{"seed": 1}')), id="other-run"),
     pytest.param(_set("optimizer/t", np.array(-3)), id="opt-t-negative"),
 ])
-@pytest.mark.xfail(strict=True, reason=_REFUSED_RECORDS)
 def test_2_a_refused_resume_leaves_config_json_alone(mutate, reference_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
@@ -1129,12 +1121,6 @@ TINY = ["--steps", "2", "--batch-size", "4", "--eval-size", "4", "--eval-every",
 CLASSIFY = ["train", "--model", "classifier", "--task", "text-classification", "--dim", "4", *TINY]
 PARALLEL = ["train", "--model", "seq2seq", "--task", "parallel", "--dim", "4", *TINY]
 _GOOD_TSV = "".join(f"{'pos' if i % 2 else 'neg'}\tword{i % 3} film{i}\n" for i in range(24))
-_MEMORY = ("cli._run_train builds the task and the model before estimate_memory: a size that cannot fit "
-           "(a huge --vocab/--length/--dim/--hidden/--heads/--target-vocab) allocates first and ends in "
-           "MemoryError (a traceback; without an address-space cap the process is OOM-killed)")
-_OUT_PATH = ("an --out whose parent is a file (or that cannot be created) ends in NotADirectoryError / "
-             "FileNotFoundError from mkdir (a traceback), not a one-line --out error")
-_EVAL_RECORD = "miniattn eval: a metrics.jsonl line that is JSON but not an object ends in AttributeError (traceback)"
 
 
 def _cli_cases():
@@ -1174,19 +1160,17 @@ def _cli_cases():
                       ("dim", ["--vocab", "6", "--length", "4", "--dim", "10000000000"]),
                       ("heads", ["--vocab", "6", "--length", "4", "--dim", "4", "--heads", "100000000"])):
         case(f"seq2seq-{id}-cannot-fit", ["train", "--model", "seq2seq", *extra, *TINY], status=(2,),
-             named="memory", marks=[xfail(_MEMORY)], memory=True)
+             named="memory", memory=True)
     case("rnn-hidden-cannot-fit", ["train", "--model", "rnn-seq2seq", "--vocab", "6", "--length", "4",
                                    "--hidden", "10000000000", *TINY], status=(2,), named="memory",
-         marks=[xfail(_MEMORY)], memory=True)
-    case("keyword-vocab-cannot-fit", ["train", "--model", "classifier", "--vocab", "10000000000", "--length", "4",
-                                      "--dim", "4", *TINY], status=(2,), named="memory", marks=[xfail(_MEMORY)],
          memory=True)
+    case("keyword-vocab-cannot-fit", ["train", "--model", "classifier", "--vocab", "10000000000", "--length", "4",
+                                      "--dim", "4", *TINY], status=(2,), named="memory", memory=True)
     case("translation-target-vocab-cannot-fit", ["train", "--model", "seq2seq", "--task", "translation", "--vocab",
                                                  "6", "--target-vocab", "10000000000", "--length", "3", "--dim", "4",
-                                                 *TINY], status=(2,), named="memory", marks=[xfail(_MEMORY)],
-         memory=True)
+                                                 *TINY], status=(2,), named="memory", memory=True)
     case("free-copy-cannot-fit", ["train", "--model", "free-copy", "--vocab", "10000000", "--length", "10000000",
-                                  *TINY], status=(2,), named="memory", marks=[xfail(_MEMORY)], memory=True)
+                                  *TINY], status=(2,), named="memory", memory=True)
     case("keyword-classes-do-not-fit-vocab", ["train", "--model", "classifier", "--n-classes", "1000000000",
                                               "--dim", "4", *TINY], status=(2,), named="usage")
     # parallel files
@@ -1207,9 +1191,9 @@ def _cli_cases():
     case("out-is-dev-null", ["train", "--model", "toy", "--steps", "1", "--quiet", "--out", "/dev/null"],
          status=(2,), named="/dev/null")
     case("out-under-a-file", ["train", "--model", "toy", "--steps", "1", "--quiet", "--out", "{afile}/run"],
-         {"afile": "x"}, named="{afile}", marks=[xfail(_OUT_PATH)])
+         {"afile": "x"}, named="{afile}")
     case("out-cannot-be-created", ["train", "--model", "toy", "--steps", "1", "--quiet", "--out", "/proc/self/run"],
-         named="/proc/self/run", marks=[xfail(_OUT_PATH)])
+         named="/proc/self/run")
     # argument errors: argparse's usage + one error line, exit 2
     for id, argv in (("unknown-option", ["train", "--bogus"]), ("unknown-command", ["frobnicate"]),
                      ("seed-negative", ["train", "--seed", "-1"]), ("lr-overflows", ["train", "--lr", "1e400"]),
@@ -1229,7 +1213,7 @@ def _cli_cases():
          named="metrics.jsonl")
     case("eval-metrics-empty", ["eval", "--run", "{tmp}"], {"metrics.jsonl": ""}, status=(1,), named="metrics.jsonl")
     case("eval-metrics-list-record", ["eval", "--run", "{tmp}"], {"metrics.jsonl": "[1, 2]\n"}, status=(1,),
-         named="metrics.jsonl", marks=[xfail(_EVAL_RECORD)])
+         named="metrics.jsonl")
     case("plot-run-missing", ["plot", "--run", "{tmp}/none"], status=(2,), named="none")
     return c
 
@@ -1270,8 +1254,6 @@ def test_7_user_caused_failures_end_in_one_line(argv, files, status, named, memo
 # ==================================================================================================
 
 _THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-_THREAD_RECORD = ("cli._thread_difference assumes the stored threadpoolctl report is a list of objects: "
-                  "a config.json with a string or numbers there ends in AttributeError (traceback)")
 
 
 def _thread_cases():
@@ -1312,8 +1294,8 @@ def test_8_thread_setting_recorded_and_a_change_warned(first, second, warns, tmp
 
 
 @pytest.mark.parametrize("stored", [
-    pytest.param({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": [1, 2]}, marks=xfail(_THREAD_RECORD), id="pools-numbers"),
-    pytest.param({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": "x"}, marks=xfail(_THREAD_RECORD), id="pools-string"),
+    pytest.param({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": [1, 2]}, id="pools-numbers"),
+    pytest.param({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": "x"}, id="pools-string"),
     pytest.param({"OPENBLAS_NUM_THREADS": "8", "threadpoolctl": [{"internal_api": "openblas", "num_threads": 8}]},
                  id="pools-other-machine"),
     pytest.param("x", id="record-a-string"),

@@ -205,6 +205,10 @@ def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys):
     (["--min-count", "0"], "--min-count"),
     (["--encoding", "klingon"], "unknown text encoding"),
     (["--max-memory", "lots"], "--max-memory"),
+    # sizes the task cannot take, refused from the arguments before the memory estimate and any build
+    (["--model", "classifier", "--vocab", "6", "--n-classes", "3"], "--vocab must exceed 2 x --n-classes = 6"),
+    (["--model", "classifier", "--n-classes", "1000000000"], "--vocab must exceed 2 x --n-classes"),
+    (["--task", "translation", "--vocab", "6", "--target-vocab", "2"], "target vocabulary of at least 3"),
 ])
 def test_bad_arguments_exit_2(argv, message, capsys):
     status, out, err = run(["train", *argv] if "--steps" in argv else ["train", *argv, "--steps", "1"], capsys)
@@ -487,6 +491,81 @@ def test_memory_estimate_refuses_and_names_what_to_lower(tmp_path, capsys, monke
     assert run(argv, capsys)[0] == 0
 
 
+PLANNED = [*COMBINATIONS,
+           ["--model", "seq2seq", "--task", "translation", "--vocab", "8", "--length", "3", "--dim", "8",
+            "--heads", "3"],
+           ["--model", "classifier", "--task", "keyword", "--vocab", "12", "--length", "5", "--dim", "8"],
+           ["--model", "free-copy", "--vocab", "6", "--length", "4", "--uniform"],
+           ["--model", "rnn-seq2seq", "--task", "parallel", "--source-file", str(DATA / "parallel.de"),
+            "--target-file", str(DATA / "parallel.en"), "--dim", "6", "--encoder", "gru"],
+           ["--model", "rnn-classifier", "--task", "text-classification", "--data", str(DATA / "sentiment.tsv"),
+            "--dim", "8", "--hidden", "5", "--encoder", "gru"]]
+
+
+@pytest.mark.parametrize("argv", PLANNED, ids=lambda a: "-".join(a[1:4:2]))
+def test_memory_estimate_from_the_arguments_matches_the_built_model(argv):
+    args = cli.build_parser().parse_args(["train", *argv, *TINY])
+    cli._check_combination(args, None)
+    text = args.task in ("text-classification", "parallel")
+    task = cli._build_task(args, np.random.default_rng(0))
+    model = cli._build_model(args, task, np.random.default_rng(1))
+    exact = cli.estimate_memory(args, task, model)
+    planned = cli.planned_memory(args, task if text else None)
+    if args.model == "toy":
+        assert planned is None
+        return
+    P = sum(v.size for v in model.params.values())
+    if args.task == "translation":   # its target length depends on the drawn lexicon: a lower bound
+        assert planned["target"] == task.source_length <= exact["target"]
+        assert planned["params"] <= exact["params"] == P
+        sizes = {**cli._planned_sizes(args), "target": task.target_length}
+        assert cli._parameter_count(args, sizes) == P           # exact once T is known
+        assert planned["train"] <= exact["train"] and planned["eval"] <= exact["eval"]
+        assert {k: v for k, v in planned.items() if k not in ("train", "eval", "target", "params", "param_bytes")} \
+            == {k: v for k, v in exact.items() if k not in ("train", "eval", "target", "params", "param_bytes")}
+    else:
+        assert planned["params"] == exact["params"] == P
+        assert planned == exact
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--model", "seq2seq", "--vocab", "1000000000000", "--length", "4", "--dim", "4"], "--vocab"),
+    (["--model", "seq2seq", "--vocab", "6", "--length", "4", "--dim", "4", "--heads", "100000000"], "--heads"),
+    (["--model", "seq2seq", "--vocab", "6", "--length", "4", "--dim", "10000000000"], "--dim"),
+    (["--model", "rnn-seq2seq", "--vocab", "6", "--length", "4", "--hidden", "1000000000"], "--hidden"),
+    (["--model", "classifier", "--vocab", "10000000000", "--length", "4", "--dim", "4"], "--vocab"),
+    (["--model", "seq2seq", "--task", "translation", "--vocab", "6", "--target-vocab", "10000000000",
+      "--length", "3", "--dim", "4"], "--target-vocab"),
+    (["--model", "free-copy", "--vocab", "10000000", "--length", "10000000"], "--length"),
+])
+def test_a_size_that_cannot_fit_is_refused_before_anything_is_built(argv, named, tmp_path, capsys, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("built before the memory estimate")
+    monkeypatch.setattr(cli, "_build_task", forbidden)
+    monkeypatch.setattr(cli, "_build_model", forbidden)
+    monkeypatch.setattr(cli, "_memory_available", lambda: 2 ** 30)
+    out_dir = tmp_path / "run"
+    line = _one_line_error(*run(["train", *argv, *TINY, "--out", str(out_dir)], capsys))
+    assert "estimated peak memory" in line and "exceeds 1.0 GB available (MemAvailable)" in line, line
+    assert named in line and "--batch-size" in line
+    assert not out_dir.exists()
+    # A text task loads its data first (the vocabulary is the file's), but never builds the model.
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "_build_model", forbidden)
+    line = _one_line_error(*run([*CLASSIFY, "--data", str(DATA / "sentiment.tsv"), "--max-memory", "10K"], capsys))
+    assert "exceeds --max-memory 10.0 kB" in line and "--max-vocab" in line
+
+
+def test_memory_error_while_building_ends_in_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_memory_available", lambda: None)   # no limit known: no estimate refuses
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(cli, "_build_model", exhausted)
+    line = _one_line_error(*run([*SMALL_COPY, "--steps", "1"], capsys))
+    assert "out of memory while building --model seq2seq for --task copy" in line
+    assert "--vocab" in line and "--dim" in line
+
+
 def test_memory_estimate_follows_the_formula(capsys):
     args = cli.build_parser().parse_args(["train", "--model", "seq2seq", "--vocab", "60", "--length", "40",
                                           "--batch-size", "128", "--eval-size", "256"])
@@ -568,6 +647,99 @@ def test_incomplete_run_advises_a_command_that_resumes(tmp_path, capsys):
     status, _, err = run(words[1:], capsys)
     assert status == 0, err
     assert (stopped / METRICS_NAME).read_bytes() == (out_dir / METRICS_NAME).read_bytes()
+
+
+def test_refused_resume_leaves_config_json_and_the_eval_advice_alone(tmp_path, capsys):
+    out_dir, other = tmp_path / "run", tmp_path / "other"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    assert run([*SMALL_COPY, "--steps", "4", "--seed", "5", "--out", str(other)], capsys)[0] == 0
+    (out_dir / CHECKPOINT_NAME).write_bytes((other / CHECKPOINT_NAME).read_bytes())   # another run's
+    before = (out_dir / CONFIG_NAME).read_bytes()
+    status, _, err = run([*SMALL_COPY, "--steps", "6", "--out", str(out_dir)], capsys)
+    assert status == 1 and "different run" in err
+    assert (out_dir / CONFIG_NAME).read_bytes() == before       # --steps 6 was not recorded
+    status, out, _ = run(["eval", "--run", str(out_dir)], capsys)
+    assert status == 0 and out.startswith("step 4") and len(out.splitlines()) == 1   # no resume advice
+
+
+def test_resume_with_nothing_left_to_train_records_the_steps(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    whole = io.read_json(out_dir / CONFIG_NAME)         # a run asked for 8 steps, stopped at step 4
+    whole["config"]["train"]["steps"] = whole["config"]["run"]["steps"] = 8
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    meta = io.read_json(out_dir / CONFIG_NAME)["config"]
+    assert meta["train"]["steps"] == meta["run"]["steps"] == 4 and meta["run"]["steps_history"] == [8, 4]
+    status, out, _ = run(["eval", "--run", str(out_dir)], capsys)
+    assert status == 0 and len(out.splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda m: m["config"].pop("train"), id="no-train"),
+    pytest.param(lambda m: m["config"].__setitem__("train", "x"), id="train-a-string"),
+    pytest.param(lambda m: m["config"].__setitem__("run", [1]), id="run-a-list"),
+    pytest.param(lambda m: m.__setitem__("config", None), id="config-null"),
+])
+def test_malformed_config_json_is_refused_in_one_line_before_training(edit, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)[0] == 0
+    whole = io.read_json(out_dir / CONFIG_NAME)
+    edit(whole)
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    line = _one_line_error(*run([*SMALL_COPY, "--steps", "6", "--out", str(out_dir)], capsys))
+    assert str(out_dir / CONFIG_NAME) in line and "not a readable miniattn run config" in line
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+
+def test_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out_dir in (afile / "run", afile / "deeper" / "run"):
+        line = _one_line_error(*run([*SMALL_COPY, "--steps", "1", "--out", str(out_dir)], capsys))
+        assert f"--out: cannot create the run directory {out_dir} ({afile} is a file" in line
+    assert afile.read_text() == "x"
+    if Path("/proc/self").is_dir():
+        line = _one_line_error(*run([*SMALL_COPY, "--steps", "1", "--out", "/proc/self/run"], capsys))
+        assert "--out: cannot create the run directory /proc/self/run (" in line
+
+
+def test_eval_refuses_a_record_that_is_not_an_object(tmp_path, capsys):
+    for content, number, kind in (('{"step": 0}\n\n[1, 2]\n', 3, "list"), ('"text"\n{"step": 0}\n', 1, "str"),
+                                  ('{"step": 0}\n5', 2, "int")):
+        (tmp_path / METRICS_NAME).write_text(content)
+        status, out, err = run(["eval", "--run", str(tmp_path)], capsys)
+        assert status == 1 and out == "" and len(err.splitlines()) == 1, err
+        assert f"{tmp_path / METRICS_NAME}: line {number} is not a JSON object (got {kind})" in err
+
+
+@pytest.mark.parametrize("stored, reason", [
+    ("x", "an object was expected, got str"),
+    ([1], "an object was expected, got list"),
+    ({"OPENBLAS_NUM_THREADS": 1}, "OPENBLAS_NUM_THREADS should be a string or null, got int"),
+    ({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": "x"}, "threadpoolctl should be a list of objects"),
+    ({"OPENBLAS_NUM_THREADS": "1", "threadpoolctl": [1, 2]}, "threadpoolctl should be a list of objects"),
+])
+def test_a_malformed_thread_record_warns_once_that_the_setting_is_unknown(stored, reason, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out_dir = tmp_path / "run"
+    assert run([*SMALL_COPY, "--steps", "2", "--out", str(out_dir)], capsys)[0] == 0
+    whole = io.read_json(out_dir / CONFIG_NAME)
+    whole["config"]["run"]["threads"] = stored
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    status, _, err = run([*SMALL_COPY, "--steps", "4", "--out", str(out_dir)], capsys)
+    assert status == 0
+    (line,) = err.splitlines()
+    assert line.startswith(f"miniattn: warning: resuming {out_dir}, whose BLAS thread setting is unknown")
+    assert reason in line and "this session: OPENBLAS_NUM_THREADS 1, OMP_NUM_THREADS unset" in line
+    # A run from before the setting was recorded is not compared.
+    whole = io.read_json(out_dir / CONFIG_NAME)
+    whole["config"]["run"]["threads"] = None
+    io.atomic_write_json(out_dir / CONFIG_NAME, whole)
+    assert run([*SMALL_COPY, "--steps", "6", "--out", str(out_dir)], capsys)[::2] == (0, "")
 
 
 def test_thread_setting_is_recorded_and_a_resume_with_another_warns(tmp_path, capsys, monkeypatch):
