@@ -162,15 +162,10 @@ __all__.append("band_from_runs")
 def checkpoint_indices(n: int, k: int = 6) -> np.ndarray:
     """``k`` evenly spaced indices into ``range(n)``, always the first and the last (fewer if n < k).
 
-    ``round(linspace(0, n − 1, k))`` with duplicates removed, as an int64 array in increasing order.
+    The same choice as ``miniattn plot`` makes (:func:`miniattn.runplot.evenly_spaced`).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if k == 1:
-        return np.array([n - 1], dtype=np.int64)
-    return np.unique(np.rint(np.linspace(0, n - 1, min(int(k), int(n)))).astype(np.int64))
+    from miniattn.runplot import evenly_spaced
+    return evenly_spaced(n, k)
 
 
 def attention_map(ax, weights, *, title: str | None = None, alignment=None, colorbar: bool = False):

@@ -62,7 +62,7 @@ from miniattn.models.toy import toy_batch
 from miniattn.optim import make_optimizer
 from miniattn.progress import progress_callback
 from miniattn.tasks import CopyTask, FixedBatchTask, HeldOutSplit, KeywordClassificationTask, TranslationTask
-from miniattn.tasks.text_options import add_text_arguments, describe_dataset, text_options_from_args
+from miniattn.tasks.text_options import add_text_arguments, describe_dataset, int_at_least, text_options_from_args
 from miniattn.train import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, TrainingDiverged, load_checkpoint,
                             train)
 
@@ -111,17 +111,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    parse.__name__ = f"int>={minimum}"
-    return parse
+_int_at_least = int_at_least   # one argparse integer type for the CLI and the text options
 
 
 def _positive_float(text: str) -> float:

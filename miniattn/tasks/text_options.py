@@ -40,7 +40,7 @@ from typing import NamedTuple
 from miniattn.tasks.text import (ClassificationDataset, ParallelDataset, load_classification_file,
                                  load_parallel_files)
 
-__all__ = ["TextOptions", "add_text_arguments", "text_options_from_args", "parse_text_options",
+__all__ = ["TextOptions", "add_text_arguments", "int_at_least", "text_options_from_args", "parse_text_options",
            "describe_dataset", "TEXT_OPTION_NAMES"]
 
 #: Field -> command-line option.
@@ -180,14 +180,21 @@ class TextOptions(_Fields):
         return args
 
 
-def _arg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse ``type=``: an integer ``>= minimum``, else ``ArgumentTypeError`` saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+_arg_int = int_at_least(1)
 
 
 def _arg_encoding(text: str) -> str:
