@@ -27,6 +27,11 @@
 #
 # Targets: reproduce (= REPORT.md), repro-results, repro-figures, repro-<id>, repro-clean-results.
 
+# A variable given on make's command line is recursive: make would expand a '$' in it ($(shell …)
+# would run, $x would vanish) before exporting it. Re-assign each E3 variable to its raw text, so a
+# path or option reaches the Python side exactly as typed.
+$(foreach v,E3_TEXT E3_PARALLEL_SOURCE E3_PARALLEL_TARGET E3_OPTIONS,$(if $(filter command line,$(origin $(v))),$(eval override $(v) := $$(value $(v)))$(eval export $(v))))
+
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 RESULTS ?= results
