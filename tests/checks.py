@@ -26,3 +26,12 @@ def assert_linear(grad_fn, u1, u2, a, b):
         scale = abs(a) * np.max(np.abs(g1[name]), initial=0) + abs(b) * np.max(np.abs(g2[name]), initial=0)
         np.testing.assert_allclose(combined[name], expected, rtol=1e-9, atol=1e-12 * (scale + 1e-300),
                                    err_msg=name)
+
+
+def assert_twin_step_leaves_model_alone(setup):
+    """One optimiser step of a benchmark's PyTorch twin moves the twin's parameters, never the NumPy model's."""
+    before = {k: v.copy() for k, v in setup.model.params.items()}
+    setup.twin.step(setup.twin_batch, setup.twin_optimizer)
+    for k in before:
+        np.testing.assert_array_equal(setup.model.params[k], before[k])
+    assert any(not np.array_equal(setup.twin.numpy_params()[k], before[k]) for k in before)
