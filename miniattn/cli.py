@@ -114,34 +114,23 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 _int_at_least = int_at_least   # one argparse integer type for the CLI and the text options
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
-    return value
+def _float_type(accept, expected: str, expected_value: str):
+    """An argparse ``type=``: a float for which ``accept(value)`` is true, else one line saying what
+    was expected (``expected`` for text that is no number, ``expected_value`` for a number out of range)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected_value}, got {text}")
+        return value
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+_positive_float = _float_type(lambda v: np.isfinite(v) and v > 0, "a positive number", "a finite positive number")
+_nonnegative_float = _float_type(lambda v: np.isfinite(v) and v >= 0, "a number >= 0", "a finite number >= 0")
+_fraction = _float_type(lambda v: 0 <= v < 1, "a number in [0, 1)", "a number in [0, 1)")
 
 
 _UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
