@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import minimize
 
-from miniattn._validate import float_array, int_array
+from miniattn._validate import bool_array, float_array, int_array
 from miniattn.batch import ClassificationBatch, Seq2SeqBatch
 from miniattn.layers import log_softmax
 
@@ -91,15 +91,6 @@ def _check_size(name: str, value) -> int:
     return int(value)
 
 
-def _check_mask(name: str, mask, shape) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{name} must be a boolean array (True = real token), got dtype {mask.dtype}")
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
-    return mask
-
-
 def _check_data(sources, source_mask, targets, target_mask, n_in: int | None, n_out: int | None):
     """Validate the four arrays; return them with masked ids replaced by 0 (safe for indexing)."""
     sources = int_array("sources", sources, ndim=2)
@@ -107,8 +98,8 @@ def _check_data(sources, source_mask, targets, target_mask, n_in: int | None, n_
     B, S = sources.shape
     if targets.shape[0] != B:
         raise ValueError(f"targets (B, T) must have the batch size B={B} of sources (B, S), got {targets.shape}")
-    source_mask = _check_mask("source_mask", source_mask, sources.shape)
-    target_mask = _check_mask("target_mask", target_mask, targets.shape)
+    source_mask = bool_array("source_mask", source_mask, sources.shape)
+    target_mask = bool_array("target_mask", target_mask, targets.shape)
     int_array("sources (where source_mask is True)", sources[source_mask], upper=n_in, allow_empty=True)
     int_array("targets (where target_mask is True)", targets[target_mask], upper=n_out, allow_empty=True)
     counted = target_mask.any(axis=1)
@@ -138,7 +129,7 @@ def target_counts(targets, target_mask, n_out: int) -> np.ndarray:
     """
     n_out = _check_size("n_out", n_out)
     targets = int_array("targets", targets, ndim=2)
-    target_mask = _check_mask("target_mask", target_mask, targets.shape)
+    target_mask = bool_array("target_mask", target_mask, targets.shape)
     int_array("targets (where target_mask is True)", targets[target_mask], upper=n_out, allow_empty=True)
     B = targets.shape[0]
     rows = np.broadcast_to(np.arange(B)[:, None], targets.shape)
@@ -165,7 +156,7 @@ def bag_of_words_features(sources, source_mask, n_in: int) -> np.ndarray:
     """
     n_in = _check_size("n_in", n_in)
     sources = int_array("sources", sources, ndim=2)
-    source_mask = _check_mask("source_mask", source_mask, sources.shape)
+    source_mask = bool_array("source_mask", source_mask, sources.shape)
     int_array("sources (where source_mask is True)", sources[source_mask], upper=n_in, allow_empty=True)
     B = sources.shape[0]
     lengths = source_mask.sum(axis=1)
@@ -348,11 +339,11 @@ def seen_words(sources, source_mask, n_in: int, targets=None, target_mask=None) 
     """
     n_in = _check_size("n_in", n_in)
     sources = int_array("sources", sources, ndim=2)
-    source_mask = _check_mask("source_mask", source_mask, sources.shape)
+    source_mask = bool_array("source_mask", source_mask, sources.shape)
     int_array("sources (where source_mask is True)", sources[source_mask], upper=n_in, allow_empty=True)
     use = source_mask
     if target_mask is not None:
-        target_mask = _check_mask("target_mask", target_mask, np.shape(targets))
+        target_mask = bool_array("target_mask", target_mask, np.shape(targets))
         use = source_mask & target_mask.any(axis=1)[:, None]
     return np.bincount(sources[use], minlength=n_in) > 0
 
@@ -545,7 +536,7 @@ def embedding_bag_forward(params, sources, source_mask) -> tuple[np.ndarray, tup
     """
     E, W, c = _check_params(params)
     sources = int_array("sources", sources, ndim=2)
-    source_mask = _check_mask("source_mask", source_mask, sources.shape)
+    source_mask = bool_array("source_mask", source_mask, sources.shape)
     int_array("sources (where source_mask is True)", sources[source_mask], upper=E.shape[0], allow_empty=True)
     lengths = source_mask.sum(axis=1)
     if np.any(lengths == 0):
@@ -609,7 +600,7 @@ def embedding_bag_loss(params, sources, source_mask, targets, target_mask) -> tu
     grads : dict keyed like ``params``
     """
     targets = int_array("targets", targets, ndim=2)
-    target_mask = _check_mask("target_mask", target_mask, targets.shape)
+    target_mask = bool_array("target_mask", target_mask, targets.shape)
     logits, cache = embedding_bag_forward(params, sources, source_mask)
     B, n_out = logits.shape
     if targets.shape[0] != B:
