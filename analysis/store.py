@@ -56,10 +56,15 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        return _stream_sha256(f)
+
+
+def _stream_sha256(f) -> str:
+    """SHA-256 hex digest of the rest of the open binary file ``f``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -105,15 +110,38 @@ class ResultStore:
         return self.runs_dir / f"{name}.json"
 
     def _read_meta(self, name: str) -> dict | None:
+        """The parsed run JSON, or None when it is missing, unreadable, or not a run record.
+
+        A record must be a JSON object whose ``data`` entry is an object: :meth:`load_run` merges the
+        arrays into it, and a record without it cannot be a complete run written by :meth:`save_run`.
+        """
         try:
             with open(self.run_path(name), encoding="utf-8") as f:
                 meta = json.load(f)
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        return meta if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict):
+            return None
+        return meta
 
     def is_current(self, name: str, config: Mapping[str, Any], code: str) -> bool:
-        """True if run ``name`` is complete, intact, and was computed with ``config`` by code ``code``."""
+        """Whether run ``name`` is complete, intact, and was computed with ``config`` by code ``code``.
+
+        Parameters
+        ----------
+        name : str
+            The run's name.
+        config : mapping
+            The requested configuration; compared through :func:`config_hash`.
+        code : str
+            The fingerprint of the experiment's code now.
+
+        Returns
+        -------
+        bool
+            False for a missing or malformed JSON (no ``data`` object included), another config or
+            code, or an ``.npz`` that is missing or differs from the recorded SHA-256.
+        """
         meta = self._read_meta(name)
         if meta is None or meta.get("config_hash") != config_hash(config) or meta.get("code") != code:
             return False
@@ -147,22 +175,35 @@ class ResultStore:
         Raises
         ------
         ValueError
-            Naming the file, when it is missing, truncated or corrupt.
+            Naming the file, when it is missing, truncated or corrupt: a JSON that is not a record
+            with a ``data`` object, or an ``.npz`` that does not match its recorded SHA-256.
         """
         path = self.run_path(name)
         meta = self._read_meta(name)
         if meta is None:
-            raise ValueError(f"{path}: missing or not valid JSON; rerun the experiment's compute step")
+            raise ValueError(f"{path}: missing, not valid JSON, or not a run record with a 'data' object; "
+                             "rerun the experiment's compute step")
         if meta.get("arrays"):
+            npz = path.with_suffix(".npz")
             try:
-                with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
-                    meta["data"].update({k: z[k] for k in z.files})
+                # One open file for the checksum and the load: the bytes verified are the bytes read,
+                # even if a writer replaces the .npz in between.
+                with open(npz, "rb") as f:
+                    intact = _stream_sha256(f) == meta.get("arrays_sha256")
+                    if intact:
+                        f.seek(0)
+                        with np.load(f, allow_pickle=False) as z:
+                            arrays = {k: z[k] for k in z.files}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-                raise ValueError(f"{path.with_suffix('.npz')}: unreadable ({exc}); rerun the compute step") from None
+                raise ValueError(f"{npz}: unreadable ({exc}); rerun the compute step") from None
+            if not intact:
+                raise ValueError(f"{npz}: does not match the SHA-256 recorded in {path.name} "
+                                 "(replaced or damaged); rerun the compute step")
+            meta["data"].update(arrays)
         return StoredRun(meta)
 
     def clean_temps(self) -> None:
-        """Remove temporary files left by an interrupted writer."""
+        """Remove the temporary files and directories (``.*.tmp``) left by an interrupted writer."""
         for d in (self.dir, self.runs_dir):
             if d.is_dir():
                 remove_stale_temporaries(d)

@@ -11,6 +11,7 @@ parameters and optimiser state, the step against the budget and against the hist
 from __future__ import annotations
 
 import json
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -37,7 +38,18 @@ class CheckpointError(ValueError):
 
 
 def _read_archive(path) -> dict[str, np.ndarray]:
-    """All arrays of the ``.npz`` at ``path``, after checking the archive's declared sizes."""
+    """All arrays of the ``.npz`` at ``path``, after checking the archive's declared sizes.
+
+    Every member must unpack to at most :data:`MAX_ENTRY_BYTES`, and :func:`miniattn.io.load_npz`
+    checks that no ``.npy`` header declares more data than its member holds, so nothing larger is
+    ever allocated.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, for anything unreadable: not a zip archive, truncated, an oversized member,
+        a broken or lying ``.npy`` header, a pickled entry.
+    """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -48,8 +60,13 @@ def _read_archive(path) -> dict[str, np.ndarray]:
         return io.load_npz(path)
     except CheckpointError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, SyntaxError,
+            tokenize.TokenError) as exc:
+        # io.load_npz turns numpy's header-parser errors into ValueError; SyntaxError and
+        # TokenError are listed as well so that no parser change can bring back a traceback.
+        # One line (numpy's messages may span several), naming the file once.
+        message = " ".join(str(exc).split()).removeprefix(f"{path}: ")
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {message}); "
                               "delete it or start over") from None
 
 
@@ -98,17 +115,74 @@ def load_checkpoint(path) -> Checkpoint:
         raise ValueError(f"{path} is not a miniattn checkpoint (missing {sorted(required - set(data))})")
     if int(data["format"]) != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} has checkpoint format {int(data['format'])}, expected {CHECKPOINT_FORMAT}")
-    per_step = json.loads(str(data["history/per_step"])) if "history/per_step" in data else {}
-    history = History(evals=json.loads(str(data["history/evals"])),
-                      train_loss=data["history/train_loss"].tolist(), per_step=per_step)
+    # Older checkpoints have no per-step records.
+    per_step = _json_entry(data, "history/per_step", path, dict) if "history/per_step" in data else {}
+    history = History(evals=_evals_of(_json_entry(data, "history/evals", path, list), path),
+                      train_loss=_train_loss_of(data["history/train_loss"], path),
+                      per_step=_per_step_of(per_step, path))
     return Checkpoint(
         step=_step_of(data["step"], path),
         params={k[len("params/"):]: v for k, v in data.items() if k.startswith("params/")},
         optimizer_state={k[len("optimizer/"):]: v for k, v in data.items() if k.startswith("optimizer/")},
-        rng_state=json.loads(str(data["rng_state"])),
+        rng_state=_json_entry(data, "rng_state", path, dict),
         history=history,
-        run_key=json.loads(str(data["run_key"])),
+        run_key=_json_entry(data, "run_key", path, dict),
     )
+
+
+_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+                    bool: "boolean", type(None): "null"}
+
+
+def _json_entry(data: dict[str, np.ndarray], key: str, path, expected: type):
+    """The JSON value stored as a string in entry ``key``, which must be of type ``expected``.
+
+    Checked here, where the file is known, so that a list where an object belongs is a
+    :class:`CheckpointError` naming the file and the entry, not an ``AttributeError`` later on.
+    """
+    value = data[key]
+    if value.shape != () or value.dtype.kind != "U":
+        raise CheckpointError(f"{path}: entry {key!r} must be one JSON string, "
+                              f"got {value.dtype}{list(value.shape)}")
+    try:
+        parsed = json.loads(str(value))
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deeply nested JSON
+        raise CheckpointError(f"{path}: entry {key!r} is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(parsed, expected):
+        raise CheckpointError(f"{path}: entry {key!r} must be a JSON {_JSON_TYPE_NAMES[expected]}, "
+                              f"got a JSON {_JSON_TYPE_NAMES.get(type(parsed), type(parsed).__name__)}")
+    return parsed
+
+
+def _evals_of(evals: list, path) -> list[dict]:
+    """``history/evals``: a list of records (JSON objects), each with an integer ``step``."""
+    for i, record in enumerate(evals):
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}: entry 'history/evals' record {i} must be a JSON object, "
+                                  f"got {record!r:.80}")
+        step = record.get("step")
+        # bool is an int to Python, but true is not a step.
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise CheckpointError(f"{path}: entry 'history/evals' record {i} has step {step!r:.40}, "
+                                  "expected an integer")
+    return evals
+
+
+def _train_loss_of(value: np.ndarray, path) -> list[float]:
+    """``history/train_loss``: a 1-D array of numbers, as a list of float."""
+    if value.ndim != 1 or value.dtype.kind not in "fiu":
+        raise CheckpointError(f"{path}: entry 'history/train_loss' must be a 1-D array of numbers, "
+                              f"got {value.dtype}{list(value.shape)}")
+    return value.astype(np.float64).tolist()
+
+
+def _per_step_of(per_step: dict, path) -> dict[str, list]:
+    """``history/per_step``: a JSON object of lists of numbers (None where a value was NaN)."""
+    for name, values in per_step.items():
+        if not isinstance(values, list) or not all(v is None or isinstance(v, (int, float)) for v in values):
+            raise CheckpointError(f"{path}: entry 'history/per_step' quantity {name!r} must be a list of "
+                                  f"numbers, got {values!r:.80}")
+    return per_step
 
 
 
@@ -128,7 +202,8 @@ def restore(path, run_key: dict, steps: int, model, optimizer, train_rng) -> tup
     Everything is checked before anything is changed, so a refused checkpoint leaves the fresh
     model untouched: the run key (same seed, batch, evaluation, parameter shapes and dtypes,
     optimiser), the step (an integer in ``[0, steps]`` equal to the number of recorded training
-    losses and at least the step of the last evaluation), every parameter (exactly the model's
+    losses and at least the step of the last evaluation), the history (JSON entries of the right
+    types, finite training losses, integer evaluation steps), every parameter (exactly the model's
     names, shapes and dtypes, all finite) and the optimiser state (finite, loadable).
 
     Returns
@@ -157,9 +232,14 @@ def restore(path, run_key: dict, steps: int, model, optimizer, train_rng) -> tup
     if len(ck.history.train_loss) != step:
         raise CheckpointError(f"the checkpoint {path} is at step {step} but records "
                               f"{len(ck.history.train_loss)} training losses")
-    if ck.history.evals and int(ck.history.evals[-1].get("step", -1)) > step:
+    # Training never records a non-finite loss (it stops with TrainingDiverged instead), so one
+    # here means the file was damaged or edited.
+    if not np.all(np.isfinite(ck.history.train_loss)):
+        raise CheckpointError(f"the checkpoint {path}: entry 'history/train_loss' contains NaN or inf")
+    last_eval = max((record["step"] for record in ck.history.evals), default=-1)
+    if last_eval > step:
         raise CheckpointError(f"the checkpoint {path} is at step {step} but its history has an "
-                              f"evaluation at step {ck.history.evals[-1].get('step')}")
+                              f"evaluation at step {last_eval}")
     if any(len(v) != step for v in ck.history.per_step.values()):
         raise CheckpointError(f"the checkpoint {path}: per-step records do not have {step} entries")
     if set(ck.params) != set(model.params):
@@ -195,10 +275,19 @@ def restore(path, run_key: dict, steps: int, model, optimizer, train_rng) -> tup
 
 
 def remove_stale_temporaries(directory) -> None:
-    """Remove the temporary files an interrupted atomic write left in ``directory``."""
+    """Remove the temporary files an interrupted atomic write left in ``directory``.
+
+    Entries named like a temporary (``.*.tmp``) are removed: files and symbolic links are unlinked,
+    empty directories removed. A non-empty directory of that name, or an entry that cannot be
+    removed, is left alone: atomic writes never create directories, and the next write picks a
+    fresh temporary name, so a leftover never gets in its way and is no reason to stop a run.
+    """
     directory = Path(directory)
     for p in directory.glob(".*.tmp"):
         try:
-            p.unlink()
-        except FileNotFoundError:
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink()
+        except OSError:  # already gone, not empty, or not ours to remove
             pass

@@ -1,6 +1,8 @@
 """The GRU layer over a padded batch, with backpropagation through time (PyTorch's gate convention).
 
-Conventions (shapes, padding, ``reverse``, dtypes) are those of :mod:`miniattn.recurrent`.
+Conventions (shapes, padding, ``reverse``, dtypes, overflow checks) are those of
+:mod:`miniattn.recurrent`: the forward pass checks the r, z and n pre-activations once per step, the
+backward pass the gate-gradient array once after the loop and the returned gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from scipy.special import expit
 from miniattn._scan import (_batch_major, _input_grads, _input_projection, _sequence, _state,
                             _steps, _time_major, _upstream, _weights)
 from miniattn._validate import result_dtype
+from miniattn.layers import _require_finite
 
 __all__ = ["GRUCache", "GRUGrads", "gru_forward", "gru_backward"]
 
@@ -80,6 +83,12 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, mask=None, reverse: bool = False):
         ``outputs`` (B, T, H), 0 at padded positions; ``h_final`` (B, H), the state after the last
         visited real token.
     cache : GRUCache
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow: a gate pre-activation (of r and z, or of the candidate n) is inf
+        or NaN at some step (padded positions included). Huge finite ones are fine: the gates saturate.
     """
     x, mask = _sequence(x, mask)
     B, T, D = x.shape
@@ -97,10 +106,17 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, mask=None, reverse: bool = False):
         h_prev[t] = h
         hw = h @ W_h + b_h
         act = gates[t]
-        act[:, :2 * H] = expit(xw[t, :, :2 * H] + hw[:, :2 * H])
+        # The pre-activations are checked before the squashing, which would hide an overflow
+        # (σ(±inf), tanh(±inf) are finite) but spread a NaN (+inf + -inf) to every later step.
+        # An overflowed h W_hn + b_hn makes r ⊙ hn, hence a_n, inf or NaN, so two checks suffice.
+        a_rz = xw[t, :, :2 * H] + hw[:, :2 * H]
+        _require_finite("the GRU reset/update gate pre-activations x_t W_x + b_x + h_{t-1} W_h + b_h", a_rz)
+        act[:, :2 * H] = expit(a_rz)
         r, z = act[:, :H], act[:, H:2 * H]
         hn[t] = hw[:, 2 * H:]
-        act[:, 2 * H:] = np.tanh(xw[t, :, 2 * H:] + r * hn[t])
+        a_n = xw[t, :, 2 * H:] + r * hn[t]
+        _require_finite("the GRU candidate pre-activations x_t W_xn + b_xn + r_t (h_{t-1} W_hn + b_hn)", a_n)
+        act[:, 2 * H:] = np.tanh(a_n)
         n = act[:, 2 * H:]
         h_new = n + z * (h - n)                              # = (1 − z) n + z h
         if mask_t is None:
@@ -144,6 +160,12 @@ def gru_backward(dh_all, dh_final, cache: GRUCache) -> GRUGrads:
     -------
     GRUGrads
         ``x`` (B, T, D), ``h0`` (B, H), ``W_x`` (D, 3H), ``W_h`` (H, 3H), ``b_x`` (3H,), ``b_h`` (3H,).
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow: the gate-gradient array ``d(x W_x + b_x)`` (which an overflowed
+        ``δh`` reaches) or a returned gradient is inf or NaN.
     """
     x, W_x, W_h, mask, reverse, h_prev, gates, hn, cache_dtype = cache
     T, B, H = h_prev.shape
@@ -173,7 +195,18 @@ def gru_backward(dh_all, dh_final, cache: GRUCache) -> GRUGrads:
             dx_t *= m
             dq_t *= m
             dh = np.where(m, dh_t * z + dq_t @ W_hT, dh)
+    # One check after the loop, not one per step: an inf or NaN in δh reaches da_n at the next
+    # visited step (also at a padded one, where inf · 0 = NaN survives the masking), and dq is
+    # finite where dxw is (a copy, or r ⊙ da_n), so only the last δh and the GEMMs remain.
+    _require_finite("the gradient of the GRU gate pre-activations", dxw)
+    _require_finite("the gradient of the GRU initial hidden state", dh)
     dx, dW_x, db_x = _input_grads(x, W_x, dxw)
     flat = dhw.reshape(T * B, 3 * H)
     dW_h = h_prev.reshape(T * B, H).T @ flat
-    return GRUGrads(dx, dh, dW_x, dW_h, db_x, flat.sum(axis=0))
+    db_h = flat.sum(axis=0)
+    _require_finite("the gradient of the GRU input x", dx)
+    _require_finite("the gradient of the GRU weight W_x", dW_x)
+    _require_finite("the gradient of the GRU weight W_h", dW_h)
+    _require_finite("the gradient of the GRU bias b_x", db_x)
+    _require_finite("the gradient of the GRU bias b_h", db_h)
+    return GRUGrads(dx, dh, dW_x, dW_h, db_x, db_h)

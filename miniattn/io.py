@@ -35,6 +35,8 @@ import platform
 import subprocess
 import sys
 import tempfile
+import tokenize
+import zipfile
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -207,9 +209,71 @@ def atomic_save_npz(path: PathLike, **arrays) -> None:
     _atomic_write(path, lambda f: np.savez(f, **converted))
 
 
+def _one_line(exc: BaseException) -> str:
+    """``type: message`` of ``exc`` on one line (numpy's messages can span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _check_npy_member(path: PathLike, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Parse the ``.npy`` header of one archive member and check it against the member's size.
+
+    numpy allocates the array its header declares before reading any data, so a 100-byte member
+    claiming shape ``(10**12,)`` would ask for 8 TB. The declared ``shape × itemsize`` must fit in
+    the bytes the member actually holds after its header (its uncompressed size, which zipfile
+    never reads past). Members that are not ``.npy`` data are left to ``numpy.load``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the member, for a header that does not parse or declares more data
+        than the member holds.
+    """
+    fmt = np.lib.format
+    where = f"{os.fspath(path)}: member {info.filename!r}"
+    with archive.open(info) as fp:
+        if fp.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+            return
+        fp.seek(0)
+        try:
+            version = fmt.read_magic(fp)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unknown .npy format version {version}")
+            # Version 3.0 differs from 2.0 only in encoding field names as UTF-8 instead of
+            # latin-1, which changes neither the shape nor the item size checked here.
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = reader(fp)
+        except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+            # numpy's header parser lets tokenize/ast errors escape for a mangled header.
+            raise ValueError(f"{where} has a broken .npy header ({_one_line(exc)})") from None
+        available = info.file_size - fp.tell()
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{where} declares the negative shape {shape}")
+    if dtype.hasobject:
+        return  # refused by numpy.load (pickle disabled) before it allocates anything
+    # Python ints: a crafted shape must not overflow into a small product.
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    if declared > available:
+        raise ValueError(f"{where} declares {dtype}{list(shape)} ({declared} bytes) but holds only "
+                         f"{max(available, 0)} bytes of data")
+
+
 def load_npz(path: PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` archive into a dict (pickle disabled, file closed on return)."""
+    """Load every array of an ``.npz`` archive into a dict (pickle disabled, file closed on return).
+
+    Every member's ``.npy`` header is checked before any array is read (see
+    :func:`_check_npy_member`), so a crafted header cannot make numpy allocate more memory than the
+    archive holds.
+
+    Raises
+    ------
+    ValueError
+        Naming the file (and member) for a broken header, a header declaring more data than its
+        member holds, or an object array; other damage raises what ``numpy.load`` and ``zipfile``
+        raise (``zipfile.BadZipFile``, ``EOFError``, ``OSError``).
+    """
     with np.load(path, allow_pickle=False) as data:
+        for info in data.zip.infolist():
+            _check_npy_member(path, data.zip, info)
         return {name: data[name] for name in data.files}
 
 

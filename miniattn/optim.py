@@ -16,7 +16,25 @@ __all__ = ["SGD", "Adam", "make_optimizer"]
 
 
 def _check_params(params) -> dict[str, np.ndarray]:
-    """``params`` must be a dict of writable floating-point NumPy arrays (updated in place)."""
+    """Check the parameters an optimiser is built on.
+
+    Parameters
+    ----------
+    params : dict of str -> numpy.ndarray
+        Writable, finite floating-point arrays; they are updated in place.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray
+        ``params`` itself (not a copy: the model keeps references to these arrays).
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is not a dict, a key is not a string, or a value is not a floating-point array.
+    ValueError
+        If a value is read-only or holds NaN or inf, naming ``params[key]``.
+    """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> float array, got {type(params).__name__}")
     for k, v in params.items():
@@ -29,20 +47,64 @@ def _check_params(params) -> dict[str, np.ndarray]:
             raise TypeError(f"params[{k!r}] must be a floating-point array, got dtype {v.dtype}")
         if not v.flags.writeable:
             raise ValueError(f"params[{k!r}] is read-only; the optimiser updates parameters in place")
+        # A NaN or inf parameter makes every later step NaN without any error: refuse it up front.
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"params[{k!r}] contains NaN or inf; expected finite values")
     return params
 
 
-def _check_grads(params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+def _check_grads(params: Mapping[str, np.ndarray], grads) -> dict[str, np.ndarray]:
+    """Check a whole set of gradients before a step touches any parameter or optimiser state.
+
+    Every gradient is checked (type, dtype, shape, finiteness) before the first update, so a refused
+    step leaves the parameters, the moments and the step counter exactly as they were.
+
+    Parameters
+    ----------
+    params : mapping of str -> numpy.ndarray
+        The optimiser's parameters; ``grads`` must have exactly their keys and shapes.
+    grads : mapping of str -> array_like
+        One real floating-point gradient per parameter.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray
+        ``np.asarray`` of each gradient (the very same object when it already is an ndarray, so a
+        valid step computes exactly what it computed before these checks).
+
+    Raises
+    ------
+    TypeError
+        If ``grads`` is not a mapping, or a gradient is not a real floating-point array
+        (strings, objects, bool, int or complex), naming ``grads[key]``.
+    ValueError
+        If the keys differ from those of ``params``, or a gradient has the wrong shape or holds NaN or inf.
+    """
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a mapping of name -> float array, got {type(grads).__name__}")
     missing = set(params) - set(grads)
     extra = set(grads) - set(params)
     if missing or extra:
-        raise ValueError(f"grads must have exactly the keys of params; missing {sorted(missing)}, "
-                         f"unexpected {sorted(extra)}")
-    for k, g in grads.items():
-        if np.shape(g) != params[k].shape:
-            raise ValueError(f"grads[{k!r}] has shape {np.shape(g)}, params[{k!r}] has {params[k].shape}")
+        # key=str: a non-string key in grads must not turn this message into a sort TypeError.
+        raise ValueError(f"grads must have exactly the keys of params; missing {sorted(missing, key=str)}, "
+                         f"unexpected {sorted(extra, key=str)}")
+    checked = {}
+    for k in params:
+        try:
+            g = np.asarray(grads[k])
+        except (TypeError, ValueError):              # e.g. a ragged list
+            raise TypeError(f"grads[{k!r}] must be a real floating-point array, "
+                            f"got {type(grads[k]).__name__}") from None
+        # The dtype first: complex grads would otherwise pass isfinite and fail inside the update,
+        # after m has been scaled; strings or objects would fail inside isfinite without a name.
+        if g.dtype.kind != "f":
+            raise TypeError(f"grads[{k!r}] must be a real floating-point array, got dtype {g.dtype}")
+        if g.shape != params[k].shape:
+            raise ValueError(f"grads[{k!r}] has shape {g.shape}, params[{k!r}] has {params[k].shape}")
         if not np.all(np.isfinite(g)):
             raise ValueError(f"grads[{k!r}] contains NaN or inf")
+        checked[k] = g
+    return checked
 
 
 def _positive(name: str, value) -> float:
@@ -125,7 +187,19 @@ class SGD:
         self.velocity = {k: np.zeros_like(v) for k, v in params.items()} if self.momentum else {}
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
-        _check_grads(self.params, grads)
+        """One update of every parameter in place.
+
+        Parameters
+        ----------
+        grads : mapping of str -> numpy.ndarray
+            Exactly the keys and shapes of ``params``; real floating-point and finite.
+
+        Raises
+        ------
+        TypeError, ValueError
+            From :func:`_check_grads`, before anything is changed.
+        """
+        grads = _check_grads(self.params, grads)
         self.t += 1
         for k, p in self.params.items():
             g = grads[k]
@@ -195,7 +269,19 @@ class Adam:
         self._large = {k: False for k in params}
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
-        _check_grads(self.params, grads)
+        """One Adam update of every parameter in place.
+
+        Parameters
+        ----------
+        grads : mapping of str -> numpy.ndarray
+            Exactly the keys and shapes of ``params``; real floating-point and finite.
+
+        Raises
+        ------
+        TypeError, ValueError
+            From :func:`_check_grads`, before ``t``, the moments or any parameter is changed.
+        """
+        grads = _check_grads(self.params, grads)
         self.t += 1
         b1, b2 = self.betas
         correction1 = 1.0 - b1 ** self.t

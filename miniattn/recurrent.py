@@ -25,6 +25,14 @@ Conventions
   and writes contiguous (B, ...) blocks; outputs and gradients are returned batch-major.
 * Arrays are float64 by default; if every float input is float32 everything stays float32.
   Inputs are validated (:mod:`miniattn._validate`) and never modified.
+* Finite inputs give finite results or a one-line :class:`~miniattn._validate.NonFiniteError` naming
+  the quantity that overflowed, as in :mod:`miniattn.layers`. The forward pass checks the gate
+  pre-activations once per step: a huge *finite* pre-activation is harmless (σ and tanh saturate),
+  but one that overflowed is ±inf or — when ``x W_x`` and ``h W_h`` overflow with opposite signs —
+  NaN, which the gates would spread silently. The states themselves cannot overflow (``|c_t| ≤
+  |c_{t-1}| + 1``, ``|h_t| ≤ 1``). The backward pass checks the whole gate-gradient array once after
+  the loop (an overflowed ``δh`` or ``δc`` always makes some entry of it inf or NaN), and the
+  returned gradients.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from miniattn._scan import (_batch_major, _input_grads, _input_projection, _pair
                             _state, _steps, _time_major, _upstream, _weights)
 from miniattn._validate import result_dtype
 from miniattn.gru import GRUCache, GRUGrads, gru_backward, gru_forward
+from miniattn.layers import _require_finite
 
 __all__ = [
     "LSTMState", "LSTMCache", "LSTMGrads", "lstm_forward", "lstm_backward",
@@ -102,6 +111,9 @@ def _lstm_scan(x, h0, c0, W_x, W_h, b, mask, reverse, dtype):
     for t in _steps(T, reverse):
         h_prev[t], c_prev[t] = h, c
         a = xw[t] + h @ W_h
+        # Checked before the squashing: σ(±inf) and tanh(±inf) are finite, so an overflow would
+        # otherwise pass unnoticed, and a NaN (+inf + -inf) would reach every later step.
+        _require_finite("the LSTM gate pre-activations x_t W_x + b + h_{t-1} W_h", a)
         act = gates[t]
         act[...] = expit(a)                                  # i, f and o; g is overwritten next
         act[:, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])
@@ -162,6 +174,12 @@ def lstm_forward(x, h0, c0, W_x, W_h, b, mask=None, reverse: bool = False):
         :class:`LSTMState` ``(h, c)``, each (B, H): the state after the last visited real token
         (for ``reverse=True`` that is the first real token of the row).
     cache : LSTMCache
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow: a gate pre-activation ``x_t W_x + b + h_{t-1} W_h`` is inf or
+        NaN at some step (padded positions included). Huge finite ones are fine: the gates saturate.
     """
     x, mask = _sequence(x, mask)
     h0, c0, W_x, W_h, b, dtype = _lstm_inputs(x, h0, c0, W_x, W_h, b)
@@ -194,8 +212,18 @@ def _lstm_bptt(dout_t, dh, dc, cache: LSTMCache) -> LSTMGrads:
             m = mask_t[t]
             da_t *= m                                        # a skipped step has no gate gradient
             dh, dc = np.where(m, da_t @ W_hT, dh), np.where(m, dc_t * f, dc)
+    # One check after the loop, not one per step: an inf or NaN in δh or δc reaches da at the next
+    # visited step (also at a padded one, where inf · 0 = NaN survives the masking), so finite da
+    # leaves only the last δh, δc and the GEMMs below to check.
+    _require_finite("the gradient of the LSTM gate pre-activations", da)
+    _require_finite("the gradient of the LSTM initial hidden state", dh)
+    _require_finite("the gradient of the LSTM initial cell state", dc)
     dx, dW_x, db = _input_grads(x, W_x, da)
     dW_h = h_prev.reshape(T * B, H).T @ da.reshape(T * B, 4 * H)
+    _require_finite("the gradient of the LSTM input x", dx)
+    _require_finite("the gradient of the LSTM weight W_x", dW_x)
+    _require_finite("the gradient of the LSTM weight W_h", dW_h)
+    _require_finite("the gradient of the LSTM bias b", db)
     return LSTMGrads(dx, dh, dc, dW_x, dW_h, db)
 
 
@@ -242,6 +270,12 @@ def lstm_backward(dh_all, dfinal, cache: LSTMCache) -> LSTMGrads:
     -------
     LSTMGrads
         ``x`` (B, T, D), ``h0`` (B, H), ``c0`` (B, H), ``W_x`` (D, 4H), ``W_h`` (H, 4H), ``b`` (4H,).
+
+    Raises
+    ------
+    NonFiniteError
+        If finite inputs overflow: the gate-gradient array ``da`` (which an overflowed ``δh`` or
+        ``δc`` reaches) or a returned gradient is inf or NaN.
     """
     return _lstm_bptt(*_lstm_upstream(dh_all, dfinal, cache), cache)
 
@@ -305,6 +339,11 @@ def bilstm_forward(x, forward_params, reverse_params, mask=None):
         ``outputs`` (B, T, H_f + H_r) = (B, T, 2H); the final states are :class:`LSTMState` pairs:
         the forward one after each row's last real token, the reverse one after its first.
     cache : BiLSTMCache
+
+    Raises
+    ------
+    NonFiniteError
+        If a direction's gate pre-activations overflow (see :func:`lstm_forward`).
     """
     x, mask = _sequence(x, mask)
     fwd = _lstm_inputs(x, *_params("forward_params", forward_params), prefix="forward_params.")
@@ -332,6 +371,12 @@ def bilstm_backward(dh_all, dfinal, cache: BiLSTMCache) -> BiLSTMGrads:
     -------
     BiLSTMGrads
         ``x`` (B, T, D); ``forward`` and ``reverse`` are :class:`LSTMParams` of gradients.
+
+    Raises
+    ------
+    NonFiniteError
+        If a direction's backward pass overflows (see :func:`lstm_backward`), or the sum of the
+        two directions' input gradients does.
     """
     cache_f, cache_r = cache
     T, B, H_f = cache_f.h_prev.shape
@@ -341,4 +386,6 @@ def bilstm_backward(dh_all, dfinal, cache: BiLSTMCache) -> BiLSTMGrads:
     split = (None, None) if dh_all is None else (dh_all[..., :H_f], dh_all[..., H_f:])
     g_f = _lstm_bptt(*_lstm_upstream(split[0], dfinal_f, cache_f, "forward "), cache_f)
     g_r = _lstm_bptt(*_lstm_upstream(split[1], dfinal_r, cache_r, "reverse "), cache_r)
-    return BiLSTMGrads(g_f.x + g_r.x, LSTMParams(*g_f[1:]), LSTMParams(*g_r[1:]))
+    dx = g_f.x + g_r.x
+    _require_finite("the BiLSTM input gradient (both directions' dx summed)", dx)   # two finite halves may overflow
+    return BiLSTMGrads(dx, LSTMParams(*g_f[1:]), LSTMParams(*g_r[1:]))

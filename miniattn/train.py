@@ -314,7 +314,8 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
     def log_eval(step: int) -> dict:
         try:
             record = evaluate(model, eval_batch, metrics_fn, chunk_size=eval_size)
-        except NonFiniteError as exc:
+        except (NonFiniteError, FloatingPointError, RuntimeWarning) as exc:
+            # As in _loss_and_grads: an overflow under errstate('raise') or a warnings filter.
             raise TrainingDiverged(step, f"a non-finite value in the evaluation ({exc})") from None
         if record["loss"] is None:
             raise TrainingDiverged(step, "the held-out loss is not finite")

@@ -153,7 +153,7 @@ def test_same_seed_same_run_and_resume_extends_exactly(tmp_path, capsys):
     assert status == 0 and (tmp_path / "a" / METRICS_NAME).read_bytes() != metrics["b"]
 
 
-def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys):
+def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys, tmp_path):
     def diverge(*args, **kwargs):
         raise TrainingDiverged(7, "the training loss is nan")
 
@@ -165,7 +165,7 @@ def test_diverged_and_interrupted_runs_report_and_exit(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "train", interrupt)
-    status, _, err = run(["train", "--model", "toy", "--out", "somewhere"], capsys)
+    status, _, err = run(["train", "--model", "toy", "--out", str(tmp_path / "somewhere")], capsys)
     assert status == 130 and "resume" in err
 
 

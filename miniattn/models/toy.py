@@ -39,7 +39,7 @@ import numpy as np
 
 from miniattn._validate import bool_array, float_array, int_array, real
 from miniattn.batch import ClassificationBatch
-from miniattn.layers import masked_softmax
+from miniattn.layers import _require_finite, masked_softmax
 from miniattn.models.base import ForwardResult, check_flag, check_size
 
 __all__ = ["GatedToyClassifier", "SoftmaxGatedToyClassifier", "toy_batch"]
@@ -184,6 +184,16 @@ class GatedToyClassifier:
         scores = (1.0 - p) * beta[tokens[:, 0]] + p * beta[tokens[:, 1]]
         return _GatedCache(tokens, signs, p, scores)
 
+    def _scored(self, batch) -> _GatedCache:
+        """:meth:`_forward`, and a check that the scores did not overflow (for the methods that use them)."""
+        cache = self._forward(batch)
+        # p is free and unbounded, so finite β and p can overflow the products: one term ±inf gives
+        # an infinite score, two of opposite signs a NaN one, and either would reach the loss and
+        # the log-probabilities silently. Reordering the sum could avoid some of these, but would
+        # change the bits of every ordinary score; a named error does not.
+        _require_finite("the gated toy scores s = (1 - p) beta[x_0] + p beta[x_1]", cache.scores)
+        return cache
+
     def loss_and_grads(self, batch: ClassificationBatch) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and its gradients.
 
@@ -197,8 +207,14 @@ class GatedToyClassifier:
         loss : float
         grads : dict
             ``"beta"`` (V,) and ``"p"`` () (absent for the uniform twin).
+
+        Raises
+        ------
+        NonFiniteError
+            If finite β and p overflow: the scores, the loss (their signed sum) or a gradient (a sum
+            over the batch, or ``β[x_1] − β[x_0]``) is inf or NaN.
         """
-        tokens, signs, p, scores = self._forward(batch)
+        tokens, signs, p, scores = self._scored(batch)
         scale = 1.0 if self.reduction == "sum" else 1.0 / len(signs)
         loss = -scale * float(np.sum(signs * scores))
         dscore = -scale * signs                                    # ∂loss/∂s_b
@@ -209,6 +225,11 @@ class GatedToyClassifier:
         grads = {"beta": dbeta}
         if not self.uniform:
             grads["p"] = np.array(np.sum(dscore * (beta[tokens[:, 1]] - beta[tokens[:, 0]])))
+        # Finite scores can still overflow when summed over the batch (the loss, dβ), and
+        # β[x_1] − β[x_0] can overflow on its own (dp).
+        _require_finite("the gated toy loss (the signed sum of the scores)", np.float64(loss))
+        for name, grad in grads.items():
+            _require_finite(f"the gated toy gradient of {name}", grad)
         return loss, grads
 
     def forward(self, batch: ClassificationBatch) -> ForwardResult:
@@ -219,8 +240,13 @@ class GatedToyClassifier:
         ForwardResult
             ``log_probs`` (B, 1, 2) = ``[log σ(−s), log σ(s)]`` and ``attention`` (B, 1, 2) =
             ``[1 − p, p]`` (p is free, so these need not lie in [0, 1]).
+
+        Raises
+        ------
+        NonFiniteError
+            If finite β and p overflow the scores (see :meth:`loss_and_grads`).
         """
-        tokens, _, p, scores = self._forward(batch)
+        tokens, _, p, scores = self._scored(batch)
         log_probs = np.stack([_log_sigmoid(-scores), _log_sigmoid(scores)], axis=-1)[:, None, :]
         attention = np.broadcast_to(np.array([1.0 - p, p]), (len(scores), 1, 2)).copy()
         return ForwardResult(log_probs, attention)
@@ -243,8 +269,13 @@ class GatedToyClassifier:
         Returns
         -------
         delta : array (B, 1, 2)
+
+        Raises
+        ------
+        NonFiniteError
+            If finite β and p overflow the scores (see :meth:`loss_and_grads`).
         """
-        tokens, signs, p, scores = self._forward(batch)
+        tokens, signs, p, scores = self._scored(batch)
         weights = np.array([1.0 - p, p])
         factor = np.exp(_log_sigmoid(-signs * scores)) * signs
         return (factor[:, None] * weights[None, :] * self.params["beta"][tokens])[:, None, :]
