@@ -283,7 +283,8 @@ def test_classification_dataset_padding(seqs, data):
     ds = ClassificationDataset([np.array(s) for s in seqs], labels, vocab, ["a", "b", "c"])
     idx = np.array(data.draw(st.lists(st.integers(0, len(seqs) - 1), min_size=1, max_size=12)))
     b = ds.batch(idx)
-    assert b.tokens.shape == (idx.size, max(map(len, seqs)))
+    # As wide as the longest example in the batch: padding is trimmed per batch.
+    assert b.tokens.shape == (idx.size, max(len(seqs[i]) for i in idx))
     for row, i in enumerate(idx):
         n = len(seqs[i])
         assert b.tokens[row, :n].tolist() == seqs[i] and (b.tokens[row, n:] == vocab.pad_id).all()
@@ -330,6 +331,24 @@ def test_load_parallel_files():
         assert (b.source[i, ~b.source_mask[i]] == 0).all() and (b.target_out[i, ~b.target_mask[i]] == 0).all()
         assert (b.target_in[i, ~b.target_mask[i]] == 0).all()
         assert ds.tgt_vocab.decode(ds.pair(i)[1]) == t
+
+
+def test_parallel_batches_are_trimmed_to_their_longest_pair():
+    """A batch is as wide as its own longest source / target (+1 for <eos>), and the trimmed batch
+    is the full-width batch with its all-padding columns removed."""
+    ds = load_parallel_files(SRC, TGT)
+    full = ds.batch(np.arange(len(ds)))
+    for idx in (np.array([0]), np.array([3, 1]), np.arange(0, 20, 3)):
+        b = ds.batch(idx)
+        src_len, tgt_len = (np.array([len(x) for x in side]) for side in zip(*(ds.pair(i) for i in idx)))
+        S, T = src_len.max() + 1, tgt_len.max() + 1
+        assert b.source.shape == b.source_mask.shape == (idx.size, S)
+        assert b.target_in.shape == b.target_out.shape == b.target_mask.shape == (idx.size, T)
+        for name, width in (("source", S), ("source_mask", S), ("target_in", T), ("target_out", T),
+                            ("target_mask", T)):
+            np.testing.assert_array_equal(getattr(b, name), getattr(full, name)[idx, :width])
+        # What was cut is padding only.
+        assert not full.source_mask[idx, S:].any() and not full.target_mask[idx, T:].any()
 
 
 def test_parallel_sampling_vocab_reuse_and_max_length(tmp_path):

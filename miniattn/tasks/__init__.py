@@ -7,8 +7,9 @@ not need to know where its data come from::
 
 and the attributes ``input_vocab_size``, ``output_vocab_size``, ``source_length``,
 ``target_length``, ``pad_id`` and, for sequence-to-sequence tasks, ``bos_id`` and ``eos_id``.
-Batches always have the full width ``source_length`` (and ``target_length``), so positional
-parameters sized from these attributes fit every batch.
+A synthetic task's batches have the full width ``source_length`` (and ``target_length``); a text
+dataset's batch is as wide as its own longest member needs, never wider than these attributes. So
+positional parameters sized from them fit every batch (a model uses their first S rows).
 
 Modules
 -------

@@ -136,7 +136,8 @@ class ClassificationDataset:
     Attributes
     ----------
     input_vocab_size = len(vocab), output_vocab_size = n_classes = len(label_names),
-    source_length = the longest sequence (every batch has this width), target_length = 1,
+    source_length = the longest sequence (a batch is as wide as its own longest one, at most this),
+    target_length = 1,
     pad_id = vocab.pad_id, bos_id = eos_id = None, labels (n,), lengths (n,);
     header_line (the line :func:`load_classification_file` skipped as a header, or None),
     n_truncated (texts cut by its ``max_length``), notes (tuple of str: what the loader decided).
@@ -188,11 +189,14 @@ class ClassificationDataset:
         Returns
         -------
         ClassificationBatch
-            ``tokens (B, source_length)`` int64, ``mask`` bool (True on each row's prefix of length
-            ``lengths[i]``), ``labels (B,)``, ``salient=None`` (real text has no ground truth).
+            ``tokens (B, S)`` int64 with S = the longest of these examples (at most
+            ``source_length``), ``mask`` bool (True on each row's prefix of length ``lengths[i]``),
+            ``labels (B,)``, ``salient=None`` (real text has no ground truth).
         """
         idx = _check_indices(indices, len(self))
-        tokens, mask = self._seqs.padded(idx, self.source_length, self.pad_id)
+        # As wide as this batch needs, not the corpus's longest text: real lengths are skewed, and
+        # every column of padding costs a full column of work in the forward and backward passes.
+        tokens, mask = self._seqs.padded(idx, int(self.lengths[idx].max()), self.pad_id)
         return ClassificationBatch(tokens=tokens, mask=mask, labels=self.labels[idx].copy(), salient=None)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> ClassificationBatch:
@@ -225,7 +229,8 @@ class ParallelDataset:
     Attributes
     ----------
     input_vocab_size = len(src_vocab), output_vocab_size = len(tgt_vocab),
-    source_length = longest source + 1, target_length = longest target + 1,
+    source_length = longest source + 1, target_length = longest target + 1 (the widest batch; a
+    batch is as wide as its own longest pair needs),
     pad_id = 0, bos_id = 2, eos_id = 3 (shared by both vocabularies; ``source_pad_id`` and
     ``source_eos_id`` are the same ids).
     n_dropped (pairs :func:`load_parallel_files` left out by ``max_length``), notes (tuple of str).
@@ -266,20 +271,27 @@ class ParallelDataset:
         return self._src.get(i), self._tgt.get(i)
 
     def batch(self, indices) -> Seq2SeqBatch:
-        """The pairs ``indices`` (int array (B,)) as a padded batch (layout in the class docstring)."""
+        """The pairs ``indices`` (int array (B,)) as a padded batch (layout in the class docstring).
+
+        The batch is (B, S) on the source side and (B, T) on the target side with S and T the longest
+        source and target of these pairs plus one for ``<eos>`` (at most ``source_length`` and
+        ``target_length``): padding is trimmed per batch, since every padded column costs as much
+        work as a real one and real sentence lengths are skewed.
+        """
         idx = _check_indices(indices, len(self))
         rows = np.arange(idx.size)
         src_len, tgt_len = self._src.lengths[idx], self._tgt.lengths[idx]
+        S, T = int(src_len.max()) + 1, int(tgt_len.max()) + 1
 
-        source, _ = self._src.padded(idx, self.source_length, PAD_ID)
+        source, _ = self._src.padded(idx, S, PAD_ID)
         source[rows, src_len] = EOS_ID
-        source_mask = np.arange(self.source_length) <= src_len[:, None]
+        source_mask = np.arange(S) <= src_len[:, None]
 
-        target_out, _ = self._tgt.padded(idx, self.target_length, PAD_ID)
+        target_out, _ = self._tgt.padded(idx, T, PAD_ID)
         target_out[rows, tgt_len] = EOS_ID
-        target_in, _ = self._tgt.padded(idx, self.target_length, PAD_ID, shift=1)
+        target_in, _ = self._tgt.padded(idx, T, PAD_ID, shift=1)
         target_in[:, 0] = BOS_ID
-        target_mask = np.arange(self.target_length) <= tgt_len[:, None]
+        target_mask = np.arange(T) <= tgt_len[:, None]
         return Seq2SeqBatch(source=source, source_mask=source_mask, target_in=target_in,
                             target_out=target_out, target_mask=target_mask, alignment=None)
 
