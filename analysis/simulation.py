@@ -202,7 +202,7 @@ def seed_streams(seed) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
 
 
 def build_copy_model(L: int, V: int, *, model: str = "free", init_scale: float | None = None,
-                     dim: int | None = None, uniform: bool = False, seed=0):
+                     dim: int | None = None, uniform: bool = False, seed=0, dtype="float64"):
     """The model (at its initialisation) and the copy task of a :func:`simulate_copy` run.
 
     Parameters
@@ -220,6 +220,9 @@ def build_copy_model(L: int, V: int, *, model: str = "free", init_scale: float |
         Free models only: the uniform-attention twin.
     seed :
         As in :func:`seed_streams`; child 0 initialises the model.
+    dtype : {"float64", "float32"}
+        Seq2seq only: the parameters' dtype (the float32 path E4 trains on); the free models are
+        float64.
 
     Returns
     -------
@@ -230,13 +233,18 @@ def build_copy_model(L: int, V: int, *, model: str = "free", init_scale: float |
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     uniform = flag("uniform", uniform)
     mode = "permutation" if V == L else "subset"
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if dtype != "float64" and model != "seq2seq":
+        raise ValueError(f"dtype={dtype!r} is available for the seq2seq model only (the free models are float64)")
     rng = np.random.default_rng(seed_streams(seed)[0])
     if model == "seq2seq":
         if dim is None or uniform:
             raise ValueError("the seq2seq model needs dim (its hidden size) and has no uniform twin here")
         task = CopyTask(L, V, mode)
         net = Seq2SeqAttention(task.input_vocab_size, task.output_vocab_size, task.source_length,
-                               task.target_length, dim=integer("dim", dim, 1), init_scale=init_scale, rng=rng)
+                               task.target_length, dim=integer("dim", dim, 1), init_scale=init_scale, rng=rng,
+                               dtype=np.dtype(dtype))
         return net, task
     scale = DEFAULT_INIT_SCALE if init_scale is None else real("init_scale", init_scale, low=0.0)
     net = FreeAttentionCopyModel(L, V, factorised=model == "factorised", dim=dim, uniform=uniform,
@@ -247,12 +255,12 @@ def build_copy_model(L: int, V: int, *, model: str = "free", init_scale: float |
 def simulate_copy(L: int, V: int, *, lr: float, steps: int, model: str = "free", optimizer: str = "sgd",
                   batch_size: int = 128, init_scale: float | None = None, seed=0, dim: int | None = None,
                   uniform: bool = False, eval_every: int = 10, eval_size: int = 512, eval_steps=None,
-                  exact: bool = False, params: dict | None = None) -> SimulationTrajectory:
+                  exact: bool = False, params: dict | None = None, dtype: str = "float64") -> SimulationTrajectory:
     """Train a copy model through :func:`miniattn.train.train` and record its order parameters.
 
     Parameters
     ----------
-    L, V, model, init_scale, dim, uniform, seed :
+    L, V, model, init_scale, dim, uniform, seed, dtype :
         As in :func:`build_copy_model`.
     lr : float
     steps : int >= 0
@@ -282,7 +290,8 @@ def simulate_copy(L: int, V: int, *, lr: float, steps: int, model: str = "free",
     """
     lr = real("lr", lr, low=0.0, low_open=True)
     exact = flag("exact", exact)
-    net, task = build_copy_model(L, V, model=model, init_scale=init_scale, dim=dim, uniform=uniform, seed=seed)
+    net, task = build_copy_model(L, V, model=model, init_scale=init_scale, dim=dim, uniform=uniform, seed=seed,
+                                 dtype=dtype)
     if model == "seq2seq" and (exact or params is not None):
         raise ValueError("exact and params are only available for the free models")
     if params is not None:

@@ -64,8 +64,8 @@ DESCRIPTION = (
     "paper's optimiser; plain SGD is the optimiser of the gradient flow the two-stage theory describes.")
 
 
-def _settings(profile: str) -> tuple[dict, dict]:
-    """``(settings, shared)`` of a profile: the per-optimiser settings and the shared sizes."""
+def settings(profile: str) -> tuple[list, dict]:
+    """``(per-optimiser settings, shared sizes)`` of a profile (public: E7 predicts these runs seed by seed)."""
     if profile == "quick":
         # A smoke version: the protocol end to end on a tiny model (its numbers are not evidence).
         shared = {"length": 8, "arms": {"permutation": 8, "subset": 12}, "eval_every": 10, "eval_size": 64}
@@ -94,9 +94,9 @@ def _settings(profile: str) -> tuple[dict, dict]:
 
 def runs(profile: str) -> list:
     """Every seed of every setting and arm (``<setting>-<arm>-s<i>``)."""
-    settings, shared = _settings(profile)
+    per_optimiser, shared = settings(profile)
     out = []
-    for st in settings:
+    for st in per_optimiser:
         seeds = spawn_seed_records(ROOT_SEED, st["seeds"])
         for arm, vocab in shared["arms"].items():
             for i, seed in enumerate(seeds):
