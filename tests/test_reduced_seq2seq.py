@@ -281,3 +281,53 @@ def test_validation_errors_name_the_argument():
         time_to_learn_seq2seq(L, V, np.zeros(9))
     with pytest.raises(ValueError, match="V must be >= L"):
         reduced_gradients(0.0, 0.0, 0.0, 5, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Permutations (V = L): a saddle at δ = u = 0, and the branch a seed takes
+# --------------------------------------------------------------------------------------------------
+
+def _saddle(L: int, d: int, seed: int):
+    """The measured start of a permutation model, its (δ, u) Jacobian at δ = u = 0 and the flow."""
+    net, _ = build_copy_model(L, L, model="seq2seq", dim=d, seed=seed)
+    start = measure_seq2seq(net, L, L)
+
+    def flow(y):
+        return reduced_seq2seq_rhs(0.0, y, L, L, omega=start.omega, kappa_zeta=start.kappa_zeta, dim=start.dim,
+                                   config=start.config)
+    at = start.y.copy()
+    at[:2] = 0.0
+    J = np.zeros((2, 2))
+    h = 1e-7
+    for j in range(2):
+        up, down = at.copy(), at.copy()
+        up[j] += h
+        down[j] -= h
+        J[:, j] = (flow(up)[:2] - flow(down)[:2]) / (2 * h)
+    return start, at, flow, J
+
+
+@pytest.mark.parametrize("L, d, seed", [(8, 16, 0), (10, 32, 1)])
+def test_permutations_put_the_start_next_to_a_saddle_whose_unstable_side_decides_the_branch(L, d, seed):
+    """At V = L the bag of words carries nothing (1/L − 1/V = 0): δ = u = 0 is a fixed point of the
+    (δ, u) flow, with one unstable and one stable direction (dδ ≈ a u, du ≈ b δ near it). The sign of
+    the start along the unstable (left) eigenvector decides the branch: on the + side the model
+    learns directly, on the − side it first runs the wrong way and learns much later."""
+    start, at, flow, J = _saddle(L, d, seed)
+    assert np.max(np.abs(flow(at)[:2])) < 1e-12
+    eig, left = np.linalg.eig(J.T)
+    assert np.sum(eig.real > 0) == 1 and np.sum(eig.real < 0) == 1 and np.all(np.abs(eig.imag) < 1e-15)
+    assert J[0, 1] > 0 and J[1, 0] > 0          # δ feeds u and u feeds δ
+    w = left[:, np.argmax(eig.real)].real
+    w *= np.sign(w[0])
+    assert np.all(w > 0)                          # the learning side is δ and u both up
+    times = {}
+    for side in (+1, -1):
+        y = at.copy()
+        y[:2] = side * 1e-3 * w
+        times[side] = time_to_learn_seq2seq(L, L, start._replace(y=y))
+    assert np.isfinite(times[1]) and times[1] < 0.8 * times[-1]
+    # Closer to the separatrix is slower on the learning side (the escape grows from the projection).
+    y = at.copy()
+    y[:2] = 1e-4 * w
+    assert time_to_learn_seq2seq(L, L, start._replace(y=y)) > times[1]
