@@ -2,7 +2,7 @@
 
 Modules: :mod:`benchmarks.step_speed` (one seq2seq training step, NumPy vs PyTorch eager),
 :mod:`benchmarks.scaling` (step time against B, L, d; fraction of the machine's matmul throughput),
-:mod:`benchmarks.prediction_cost` (reduced ODE vs simulating the free-parameter copy model),
+:mod:`benchmarks.prediction_cost` (reduced dynamics vs simulating the free-parameter and seq2seq copy models),
 :mod:`benchmarks.torch_seq2seq` (the PyTorch twin). This package holds the helpers they share:
 BLAS/PyTorch thread control, interleaved timing, robust summaries and a machine description.
 

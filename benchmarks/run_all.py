@@ -8,7 +8,8 @@
   and a profile of the float32 d = 64 single-head step (:mod:`benchmarks.roofline`);
 * ``scaling``    — step time against B, L, d with fitted slopes, and the fraction of the measured
   matmul rate (:mod:`benchmarks.scaling`);
-* ``prediction`` — reduced ODE vs simulating a learning curve (:mod:`benchmarks.prediction_cost`).
+* ``prediction`` — reduced ODE vs simulating a learning curve, free copy model and seq2seq
+  (rate-corrected reduced dynamics) (:mod:`benchmarks.prediction_cost`).
 
 ``--quick`` runs tiny sizes with two or three reps: it exercises every code path in seconds, and its
 numbers mean nothing. ``--threads`` sets NumPy's BLAS, PyTorch and XLA (JAX) to the same thread count

@@ -394,6 +394,47 @@ def test_prediction_cost_tiny():
         prediction_cost.measure(3, 4, steps=0)
 
 
+def test_prediction_cost_seq2seq_tiny():
+    pytest.importorskip("analysis.reduced_seq2seq")
+    # lr 2 keeps this tiny model in the gradient-flow regime, so both curves reach p = 0.5 in the window.
+    r = prediction_cost.measure(6, 9, model="seq2seq", dim=8, lr=2.0, steps=60, batch_size=16, eval_every=10,
+                                eval_size=32, reps=1, prediction_reps=2)
+    c = r.config
+    assert (c["model"], c["dim"], c["length"], c["vocab"], c["init_scale"]) == ("seq2seq", 8, 6, 9, None)
+    assert r.prediction.n == 2 and r.train.n == 1 and r.curve.n == 1
+    for s in (r.prediction, r.train, r.curve):
+        assert np.isfinite(s.median) and s.median > 0
+    assert r.ratio_train == pytest.approx(r.prediction.median / r.train.median)
+    assert r.ratio_curve == pytest.approx(r.prediction.median / r.curve.median)
+    # times to learn: finite, positive, and the ratio is predicted / simulated
+    assert 0 < r.crossing_sim < np.inf and 0 < r.tau_predicted < np.inf and 0 < r.tau_event < np.inf
+    assert r.tau_predicted == r.crossing_ode       # the ODE crosses inside the simulated window here
+    assert r.tau_ratio == pytest.approx(r.tau_predicted / r.crossing_sim)
+    assert 0 <= r.max_abs_prob_diff <= 1
+    table = prediction_cost.format_table({"available": True, "results": [r]})
+    row = [line for line in table.splitlines() if "seq2seq d=8, L=6, V=9" in line]
+    assert len(row) == 1 and row[0].count("|") == table.splitlines()[0].count("|")
+    assert f"{r.crossing_sim:.0f} / {r.tau_predicted:.0f} | {r.tau_ratio:.3f} |" in row[0]
+    with pytest.raises(ValueError, match="dim"):
+        prediction_cost.measure(3, 4, model="free", dim=8)
+    with pytest.raises(ValueError, match="model"):
+        prediction_cost.measure(3, 4, model="factorised")
+
+
+def test_prediction_cost_run_quick_has_both_rows(capsys):
+    pytest.importorskip("analysis.reduced_seq2seq")
+    res = prediction_cost.run(quick=True)
+    assert res["available"] and [r.config["model"] for r in res["results"]] == ["free", "seq2seq"]
+    table = prediction_cost.format_table(res)
+    assert len(table.splitlines()) == 4
+    assert "| free model, L=8, V=12" in table and "| seq2seq d=8, L=6, V=9" in table
+    out = capsys.readouterr().out
+    assert "free: prediction" in out and "seq2seq: prediction" in out and "predicted / simulated" in out
+    assert prediction_cost.run(settings=[], verbose=False)["results"] == []
+    with pytest.raises(ValueError, match="settings"):
+        prediction_cost.run(settings=["nope"])
+
+
 def test_run_all_quick_writes_tables_and_json(tmp_path, restore_threads, capsys):
     md, js = tmp_path / "bench.md", tmp_path / "bench.json"
     # JAX is left out here (its compilations would dominate); the JAX tests above cover its code paths.
