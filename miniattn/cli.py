@@ -326,12 +326,18 @@ def _fail(message: str, status: int = 2):
     Unlike ``parser.error`` this prints no usage block: the arguments were well formed; the data,
     the memory or the run directory do not fit them.
     """
-    print(f"miniattn: error: {message}", file=sys.stderr)
+    print(f"miniattn: error: {_one_line(message)}", file=sys.stderr)
     raise SystemExit(status)
 
 
 def _warn(message: str) -> None:
-    print(f"miniattn: warning: {message}", file=sys.stderr)
+    print(f"miniattn: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _one_line(message: str) -> str:
+    """``message`` with line breaks escaped: a path or an environment value holding a newline must
+    neither split the report nor forge a second ``miniattn:`` line."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _check_combination(args, parser) -> None:
@@ -404,6 +410,16 @@ def _load_text(args):
     class, malformed lines) ends the command with one line naming the file and line.
     """
     options = text_options_from_args(args)
+    paths = ((("--data", args.data),) if args.task == "text-classification" else
+             (("--source-file", args.source_file), ("--target-file", args.target_file)))
+    for option, path in paths:
+        try:
+            odd = path.exists() and not path.is_file() and not path.is_dir()
+        except OSError:
+            odd = False  # the loader reports it, naming the file
+        if odd:
+            # Reading a FIFO blocks until someone writes to it, /dev/zero never ends: neither is data.
+            _fail(f"{option}: {path} is not a regular file (a FIFO, device or socket); pass a text file")
     try:
         if args.task == "text-classification":
             return options.load_classification(args.data)
@@ -720,9 +736,19 @@ def thread_settings() -> dict:
     except ImportError:
         settings["threadpoolctl"] = None
     else:
-        settings["threadpoolctl"] = [{k: pool.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
-                                     for pool in threadpoolctl.threadpool_info()]
+        pools = [{k: pool.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
+                 for pool in threadpoolctl.threadpool_info()]
+        # The order of the pools is the order in which the libraries were loaded, which depends on
+        # what was imported first; the same configuration must compare equal whatever that order.
+        settings["threadpoolctl"] = _sorted_pools(pools)
     return settings
+
+
+def _sorted_pools(pools):
+    """A well-formed ``threadpoolctl`` report (a list of objects) in a canonical order; anything else as is."""
+    if not (isinstance(pools, list) and all(isinstance(p, dict) for p in pools)):
+        return pools
+    return sorted(pools, key=lambda p: json.dumps(p, sort_keys=True, default=str))
 
 
 def _malformed_threads(stored) -> str | None:
@@ -742,7 +768,17 @@ def _malformed_threads(stored) -> str | None:
 def _describe_pools(report) -> str:
     if report is None:
         return "not reported"
-    return ", ".join(f"{p.get('internal_api')} {p.get('num_threads')}" for p in report) or "none"
+    short = lambda value: (text if len(text := str(value)) <= 40 else text[:37] + "...")  # noqa: E731
+    return ", ".join(f"{short(p.get('internal_api'))} {short(p.get('version'))} ({short(p.get('num_threads'))} threads)"
+                     for p in report) or "none"
+
+
+def _short_value(value) -> str:
+    """A thread variable's value for a message: ``unset`` for None/empty, quoted when odd, at most 40 characters."""
+    if value is None:
+        return "unset"
+    text = value if value.strip().isdigit() and value.strip() == value else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _thread_difference(stored, current) -> str | None:
@@ -757,15 +793,16 @@ def _thread_difference(stored, current) -> str | None:
         return None
     problem = _malformed_threads(stored)
     if problem is not None:
-        now = ", ".join(f"{name} {current.get(name) or 'unset'}" for name in _THREAD_VARIABLES)
+        now = ", ".join(f"{name} {_short_value(current.get(name))}" for name in _THREAD_VARIABLES)
         if current.get("threadpoolctl") is not None:
             now += f", threadpoolctl {_describe_pools(current['threadpoolctl'])}"
         return f"first session unknown: its record in {CONFIG_NAME} is malformed ({problem}); this session: {now}"
     parts = []
     for name in _THREAD_VARIABLES:
         if stored.get(name) != current.get(name):
-            parts.append(f"{name} {stored.get(name) or 'unset'} -> {current.get(name) or 'unset'}")
-    if "threadpoolctl" in stored and stored.get("threadpoolctl") != current.get("threadpoolctl"):
+            parts.append(f"{name} {_short_value(stored.get(name))} -> {_short_value(current.get(name))}")
+    if "threadpoolctl" in stored and (_sorted_pools(stored.get("threadpoolctl"))
+                                      != _sorted_pools(current.get("threadpoolctl"))):
         parts.append(f"threadpoolctl {_describe_pools(stored.get('threadpoolctl'))} -> "
                      f"{_describe_pools(current.get('threadpoolctl'))}")
     return "; ".join(parts) or None
@@ -827,6 +864,13 @@ def _stored_run(out: Path | None):
     return meta, config["run"]
 
 
+def _reason(err: BaseException) -> str:
+    """What went wrong reading a file, in a few words (a RecursionError's message is NumPy/JSON jargon)."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply to read"
+    return str(err)
+
+
 def _parent_problem(out: Path) -> str | None:
     """Why the directory ``out`` (which does not exist) cannot be created, when its nearest existing
     ancestor tells: that ancestor is a file. None otherwise (``mkdir`` may still fail, see
@@ -858,6 +902,19 @@ def _check_run_directory(args, config: dict) -> dict | None:
     out = args.out
     if out is None:
         return None
+    try:
+        return _check_existing_run_directory(args, config, out)
+    except OSError as err:  # e.g. a name too long for the file system, a loop of symbolic links
+        _fail(f"--out: cannot use the run directory {out} ({err.strerror or err})")
+
+
+def _first_write_leftover(p: Path) -> bool:
+    if p.name.startswith(".") and p.name.endswith(".tmp"):
+        return True
+    return p.name == METRICS_NAME and p.is_file() and not p.is_symlink() and p.stat().st_size == 0
+
+
+def _check_existing_run_directory(args, config: dict, out: Path) -> dict | None:
     if not out.exists():
         problem = _parent_problem(out)
         if problem is not None:
@@ -867,14 +924,17 @@ def _check_run_directory(args, config: dict) -> dict | None:
         _fail(f"--out: {out} is a file, not a directory")
     meta_path = out / CONFIG_NAME
     if not meta_path.exists():
-        if any(out.iterdir()):
+        # What a run killed before its config.json was in place leaves behind is no one else's data:
+        # the temporary files of the interrupted write (train() removes them) and the empty
+        # metrics.jsonl that train() writes first.
+        if any(not _first_write_leftover(p) for p in out.iterdir()):
             _fail(f"--out: {out} is not empty and is not a miniattn run (no {CONFIG_NAME}); "
                   "choose an empty or new directory")
         return None
     try:
         meta, stored = _stored_run(out)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        _fail(f"--out: {meta_path} is not a readable miniattn run config ({err}); choose another directory")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        _fail(f"--out: {meta_path} is not a readable miniattn run config ({_reason(err)}); choose another directory")
     if args.fresh:
         return None
     current = json.loads(io.dumps_json(config))
@@ -919,8 +979,9 @@ def _record_steps(out: Path, steps: int) -> None:
     path = out / CONFIG_NAME
     try:
         meta, _ = _stored_run(out)
-    except (OSError, ValueError, TypeError) as err:
-        _fail(f"--out: {path} is not a readable miniattn run config ({err}); it was not updated to --steps {steps}")
+    except (OSError, ValueError, TypeError, RecursionError) as err:
+        _fail(f"--out: {path} is not a readable miniattn run config ({_reason(err)}); it was not updated to "
+              f"--steps {steps}")
     if meta is None:
         return
     config = meta["config"]
@@ -1037,14 +1098,14 @@ def _run_train(args, parser) -> int:
                         progress=progress, config=config, on_eval=on_eval)
     except TrainingDiverged as err:
         record_steps()  # the checkpoint was accepted: the divergence came in a step after it
-        print(f"miniattn train: {err}", file=sys.stderr)
+        print(f"miniattn train: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = " (run the same command again to resume from the last checkpoint)" if args.out else ""
         print(f"\nminiattn train: interrupted{hint}", file=sys.stderr)
         return 130
     except ValueError as err:  # e.g. --out holds a checkpoint that does not fit this run
-        print(f"miniattn train: {err} (--fresh starts the run in --out over)", file=sys.stderr)
+        print(f"miniattn train: {_one_line(err)} (--fresh starts the run in --out over)", file=sys.stderr)
         return 1
     record_steps()
     if not args.quiet:
@@ -1078,7 +1139,11 @@ def _run_eval(args, parser) -> int:
     try:
         records = io.read_jsonl(metrics)
     except (OSError, ValueError) as err:
-        print(f"miniattn eval: {err}", file=sys.stderr)
+        print(f"miniattn eval: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except RecursionError:
+        print(f"miniattn eval: {_one_line(metrics)}: a record is nested too deeply to read; not a metrics log "
+              "written by `miniattn train`", file=sys.stderr)
         return 1
     bad = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
     if bad is not None:
@@ -1096,7 +1161,7 @@ def _run_eval(args, parser) -> int:
     try:
         meta, stored = _stored_run(run)
         steps = meta["config"]["train"]["steps"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         meta = stored = steps = None
     done = last.get("step")
     if not isinstance(steps, int) or not isinstance(done, int) or done == steps:

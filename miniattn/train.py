@@ -80,9 +80,14 @@ class TrainingDiverged(ValueError):
     """
 
     def __init__(self, step: int, what: str):
-        self.step = int(step)
-        super().__init__(f"training diverged at step {self.step}: {what}; "
+        self.step, self.what = int(step), str(what)
+        super().__init__(f"training diverged at step {self.step}: {self.what}; "
                          "the last finite checkpoint (if any) was kept")
+
+    def __reduce__(self):
+        # Pickled with its own arguments: a worker process of a sweep raises it to the parent, and
+        # the default (the formatted message as the only argument) cannot rebuild it.
+        return type(self), (self.step, self.what)
 
 
 def seed_streams(seed) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:

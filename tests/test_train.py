@@ -562,3 +562,22 @@ def test_progress_rate_counts_only_this_process_steps():
     show.last_draw = -float("inf")
     show(ProgressEvent(110, 200, 1.0, None, History(), 2.0, 18.0))
     assert "5.0 steps/s" in out.getvalue() and "55.0" not in out.getvalue()
+
+
+def _diverge_in_a_worker(step):
+    raise TrainingDiverged(step, "the training loss is nan")
+
+
+def test_training_diverged_survives_pickling_and_a_process_pool():
+    """A sweep's worker process raises TrainingDiverged to its parent: it must unpickle intact (the
+    default exception pickling passes only the message, which this constructor cannot take)."""
+    import concurrent.futures as cf
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(TrainingDiverged(7, "the training loss is nan")))
+    assert isinstance(exc, TrainingDiverged) and exc.step == 7 and exc.what == "the training loss is nan"
+    assert str(exc) == str(TrainingDiverged(7, "the training loss is nan"))
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(TrainingDiverged) as info:
+            pool.submit(_diverge_in_a_worker, 3).result()
+    assert info.value.step == 3 and "step 3" in str(info.value)
