@@ -602,6 +602,9 @@ def plot_command(args) -> int:
         records = io.read_jsonl(metrics_path)
     except ValueError as err:
         return _fail(str(err).replace("\n", " "), 1)
+    except RecursionError:
+        # json nests one Python frame per level: a crafted record can exhaust the stack.
+        return _fail(f"{metrics_path}: a record is nested too deeply to be a metrics record", 1)
     example = args.example
     B = snaps.source.shape[0]
     if isinstance(example, bool) or not isinstance(example, (int, np.integer)) or not 0 <= example < B:
@@ -611,16 +614,20 @@ def plot_command(args) -> int:
     except ValueError as err:
         return _fail(str(err))
     out = Path(args.out) if args.out is not None else run / "plots"
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out: {out} is a file, not a directory")
-    paths = [draw_curves(records, snaps.steps[chosen], out / "curves.png", title=str(run)),
-             draw_maps(snaps, chosen, int(example), out / f"attention_example{example}.png")]
-    if args.gif:
-        if pillow_available():
-            paths.append(draw_gif(snaps, int(example), out / f"attention_example{example}.gif"))
-        else:
-            print("miniattn plot: Pillow is not installed, so no GIF was written (the PNGs were)",
-                  file=sys.stderr)
+    try:
+        if out.exists() and not out.is_dir():
+            return _fail(f"--out: {out} is a file, not a directory")
+        paths = [draw_curves(records, snaps.steps[chosen], out / "curves.png", title=str(run)),
+                 draw_maps(snaps, chosen, int(example), out / f"attention_example{example}.png")]
+        if args.gif:
+            if pillow_available():
+                paths.append(draw_gif(snaps, int(example), out / f"attention_example{example}.gif"))
+            else:
+                print("miniattn plot: Pillow is not installed, so no GIF was written (the PNGs were)",
+                      file=sys.stderr)
+    except OSError as err:
+        # A name too long for the file system, no permission, a full disk: the user's --out.
+        return _fail(f"--out: cannot write the plots to {out} ({err.strerror or err})")
     for p in paths:
         print(p)
     return 0

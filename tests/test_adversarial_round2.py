@@ -129,10 +129,7 @@ def _injection_cases():
                        "instead of the ValueError naming E3_TEXT")] if name == "very-long" else []
         c.append(pytest.param("text-tasks-missing", "E3_TEXT", value, marks=marks, id=f"text-tasks-missing-{name}"))
     c.append(pytest.param("e3-data-directory", "E3_TEXT", "{tmp}", id="e3-data-a-directory"))
-    c.append(pytest.param("e3-data-fifo", "E3_TEXT", "{tmp}/fifo", id="e3-data-a-fifo",
-                          marks=xfail("analysis/experiments/__main__.py _e3_data hashes E3_TEXT with "
-                                      "Path.read_bytes(): a FIFO named by E3_TEXT blocks `make reproduce` "
-                                      "forever; it should record a non-regular file as unreadable")))
+    c.append(pytest.param("e3-data-fifo", "E3_TEXT", "{tmp}/fifo", id="e3-data-a-fifo"))
     c.append(pytest.param("text-tasks-fifo", "E3_TEXT", "{tmp}/fifo", id="text-tasks-a-fifo"))
     return c
 
@@ -1164,12 +1161,8 @@ def test_7_user_caused_failures_end_in_one_line(argv, files, status, named, tmp_
     pytest.param(_write(RUNPLOT_SNAPSHOTS, b"\0" * 4096), 1, RUNPLOT_SNAPSHOTS, id="snapshots-nul-bytes"),
     pytest.param(_write(RUNPLOT_SNAPSHOTS, "DIR"), 2, RUNPLOT_SNAPSHOTS, id="snapshots-a-directory"),
     pytest.param(_write(METRICS_NAME, b"\xff\n{}\n"), 1, METRICS_NAME, id="metrics-not-utf8"),
-    pytest.param(_write(METRICS_NAME, _deep_json() + "\n"), 1, METRICS_NAME, id="metrics-deeply-nested",
-                 marks=xfail("miniattn/runplot.py plot_command catches ValueError from io.read_jsonl but not the "
-                             "RecursionError of a deeply nested record: `miniattn plot` ends in a traceback")),
-    pytest.param("--out-too-long", 2, "--out", id="out-name-too-long", marks=xfail(
-        "miniattn/runplot.py plot_command: `--out` with a name longer than the file system allows makes "
-        "Path.exists() raise OSError [Errno 36]: `miniattn plot` ends in a traceback instead of one line")),
+    pytest.param(_write(METRICS_NAME, _deep_json() + "\n"), 1, METRICS_NAME, id="metrics-deeply-nested"),
+    pytest.param("--out-too-long", 2, "--out", id="out-name-too-long"),
 ])
 def test_7_plot_of_a_damaged_run_ends_in_one_line(mutate, status, named, reference_run, tmp_path):
     run = tmp_path / "run"

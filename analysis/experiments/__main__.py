@@ -46,7 +46,12 @@ def _e3_data(path: str) -> None:
         if not value:
             continue
         try:
-            digest = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+            path_ = Path(value)
+            # Only a regular file is data: reading a FIFO would block make forever, a device never end.
+            if path_.exists() and not path_.is_file() and not path_.is_dir():
+                digest = "unreadable: not a regular file (a FIFO, device or socket)"
+            else:
+                digest = hashlib.sha256(path_.read_bytes()).hexdigest()
         except OSError as exc:
             digest = f"unreadable: {exc.strerror}"
         record[var] = {"path": value, "sha256": digest}
