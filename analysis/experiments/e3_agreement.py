@@ -114,10 +114,14 @@ _EVAL_ELEMENTS = 4_000_000
 
 def _file_record(variable: str, path: str) -> dict:
     """Absolute path and SHA-256 of a user-supplied data file (named by its variable on error)."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise ValueError(f"{variable} must name an existing file, got {path!r}")
-    return {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    try:
+        p = Path(path).expanduser().resolve()
+        if not p.is_file():
+            raise ValueError(f"{variable} must name an existing file, got {path!r}")
+        return {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    except OSError as exc:   # a name too long for the file system, no permission, a symlink loop
+        shown = path if len(path) <= 80 else path[:77] + "..."
+        raise ValueError(f"{variable} cannot be read ({exc.strerror or exc}): {shown!r}") from None
 
 
 def text_options(env):
