@@ -225,3 +225,34 @@ def test_e7_prediction_depends_only_on_the_initial_model(e7_quick):
         if r.config["name"].startswith("seq2seq-permutation-"):
             by_seed.setdefault(tuple(r.config["seed"]["spawn_key"]), []).append(r.data["predicted_step_sgd"])
     assert by_seed and all(len(v) == 2 and v[0] == pytest.approx(v[1], rel=1e-12) for v in by_seed.values())
+
+
+@pytest.mark.parametrize("diverge_at", [100, 30])
+def test_e7_a_permutation_seed_that_diverges_keeps_its_prediction_and_e4s_outcome(monkeypatch, diverge_at):
+    """A permutation run whose SGD diverges after E4's budget is simulated again for the budget (the
+    same seeds give the same first steps) and keeps its outcome there and its prediction; one that
+    diverges within the budget failed, as E4 counts it."""
+    import analysis.simulation as S
+    from miniattn.train import TrainingDiverged
+
+    config = [s.config for s in e7_reduced_vs_sim.runs("quick") if s.name.startswith("seq2seq-permutation-sgd")][0]
+    real, calls = S.simulate_copy, []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["steps"])
+        if kwargs["steps"] > config["budget"]:
+            raise TrainingDiverged(diverge_at, "the training loss is inf")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "simulate_copy", flaky)
+    d = e7_reduced_vs_sim.run(config)
+    assert d["diverged_step"] == diverge_at and d["tau_learn_sim"] is None
+    assert d["predicted_step_sgd"] == e7_reduced_vs_sim._prediction(config)["predicted_step_sgd"]
+    if diverge_at > config["budget"]:
+        assert calls == [config["steps"], config["budget"]]
+        reference = real(config["length"], config["vocab"], model="seq2seq", lr=config["lr"], steps=config["budget"],
+                         batch_size=config["batch"], init_scale=None, seed=config["seed"], dim=config["dim"],
+                         eval_every=config["eval_every"], eval_size=config["eval_size"], dtype=config["dtype"])
+        assert d["success_at_budget"] == bool(reference.token_accuracy[-1] > config["success_threshold"])
+    else:
+        assert calls == [config["steps"]] and d["success_at_budget"] is False

@@ -200,9 +200,22 @@ def run(config: dict) -> dict:
                             eval_every=config["eval_every"], eval_size=config["eval_size"],
                             optimizer=config["optimizer"], dtype=config["dtype"])
     except TrainingDiverged as exc:
-        # A recorded failure of that run (left out of the claims and counted in the notes), not a
-        # crash of the sweep.
-        return {"diverged": str(exc), "diverged_step": exc.step}
+        # A recorded failure of that run (left out of the time-to-learn claims and counted in the
+        # notes), not a crash of the sweep.
+        out = {"diverged": str(exc), "diverged_step": exc.step}
+        if "budget" in config and exc.step <= config["budget"]:
+            # Diverged within E4's budget: E4 counts that as a failure.
+            out.update(_prediction(config), success_at_budget=False, steps_to_success=None, tau_learn_sim=None)
+        elif "budget" in config:
+            # A permutation seed that diverged after E4's budget still has E4's outcome: the same
+            # seeds give the same first `budget` steps, so simulate those again.
+            within = simulate_copy(L, V, model=model, lr=config["lr"], steps=config["budget"],
+                                   batch_size=config["batch"], init_scale=config["init_scale"], seed=config["seed"],
+                                   dim=config["dim"], eval_every=config["eval_every"],
+                                   eval_size=config["eval_size"], optimizer=config["optimizer"],
+                                   dtype=config["dtype"])
+            out.update(**_observed(config, within), **_prediction(config), tau_learn_sim=None)
+        return out
     observed = _observed(config, sim)
     if config["optimizer"] != "sgd":
         return {**observed, **_prediction(config), "sim_prob_correct": sim.prob_correct}
@@ -335,9 +348,16 @@ def _grid_cells(results) -> list[tuple[str, list]]:
 
 
 def _permutation(results, optimizer: str) -> list:
-    """The permutation-seed runs of one optimiser, in seed order."""
-    return [r for n, recs in _comparisons(results) for r in recs
-            if n.startswith("seq2seq-permutation-") and r.config["optimizer"] == optimizer]
+    """The permutation-seed runs of one optimiser, in seed order, with those that diverged after the
+    budget (they keep their prediction and E4's outcome; :func:`_learned` leaves them out)."""
+    runs = [r for r in results.records if r.config["name"].startswith("seq2seq-permutation-")
+            and r.config["optimizer"] == optimizer and "success_at_budget" in r.data]
+    return sorted(runs, key=lambda r: r.config["seed"]["spawn_key"])
+
+
+def _learned(runs) -> list:
+    """The runs that did not diverge (they have a simulated trajectory and time to learn)."""
+    return [r for r in runs if not r.data.get("diverged")]
 
 
 def _predicted_within(d: dict, budget: int) -> bool:
@@ -383,11 +403,16 @@ def claims(results) -> list:
     sgd = [r.data for r in _permutation(results, "sgd")]
     if sgd:
         budget = _permutation(results, "sgd")[0].config["budget"]
-        out.append(_ratio_claim(
+        claim = _ratio_claim(
             "E4's SGD permutation seeds: rate-corrected reduced dynamics from each seed's initial model predict "
             "its time to learn (predicted / simulated)", "not attempted by the paper",
-            [_as_corrected(x) for x in sgd], within(1.0, TOLERANCE, WHY["seq2seq-corrected"], relative=True),
-            "beyond"))
+            [_as_corrected(r.data) for r in _learned(_permutation(results, "sgd"))],
+            within(1.0, TOLERANCE, WHY["seq2seq-corrected"], relative=True), "beyond")
+        n_div = len(sgd) - len(_learned(_permutation(results, "sgd")))
+        if n_div:
+            claim.note = "; ".join(filter(None, [claim.note, f"{n_div} of {len(sgd)} seeds diverged after the "
+                                                 f"budget and have no simulated time (notes)"]))
+        out.append(claim)
         out.append(rate_claim(
             f"E4's SGD permutation seeds: the prediction from each seed's initial model tells whether it learns "
             f"within {budget} steps", "not attempted by the paper (it reports that permutations frequently fail)",
@@ -477,10 +502,15 @@ def tables(results) -> list:
             d, key = r.data, tuple(r.config["seed"]["spawn_key"])
             a = adam_by_key.get(key)
             y0 = d["initial_state"]
+            if d.get("diverged"):
+                simulated, ratio = f"diverged at step {d['diverged_step']}", "no ratio (diverged)"
+            else:
+                simulated = ("not learned" if d["tau_learn_sim"] is None
+                             else f"{d['tau_learn_sim'] / r.config['lr']:.0f}")
+                ratio = _fmt_ratio(_as_corrected(d))
             rows.append([key[0], f"{y0['delta']:+.4f}", f"{y0['u']:+.4f}", _step(d["predicted_step_sgd"]),
-                         "learns" if _predicted_within(d, budget) else "fails",
-                         "not learned" if d["tau_learn_sim"] is None else f"{d['tau_learn_sim'] / r.config['lr']:.0f}",
-                         _fmt_ratio(_as_corrected(d)), _step(d["steps_to_success"]),
+                         "learns" if _predicted_within(d, budget) else "fails", simulated, ratio,
+                         _step(d["steps_to_success"]),
                          "learns" if d["success_at_budget"] else "fails",
                          "not run" if a is None else ("learns" if a["success_at_budget"] else "fails")
                          + ("" if a["steps_to_success"] is None else f" (step {a['steps_to_success']})")])
@@ -533,8 +563,12 @@ def notes(results) -> list:
                    "gradient-flow clock; its row compares E4's Adam outcome with the SGD prediction for the same "
                    "initial model (a measured gap, no claim).")
     for r in _diverged(results):
-        out.append(f"{r.name}: training diverged at step {r.data['diverged_step']} and is left out "
-                   f"({r.data['diverged']}).")
+        if "budget" in r.config:
+            out.append(f"{r.name}: SGD diverged at step {r.data['diverged_step']} ({r.data['diverged']}); "
+                       f"its outcome within E4's {r.config['budget']} steps counts, it has no time to learn.")
+        else:
+            out.append(f"{r.name}: training diverged at step {r.data['diverged_step']} and is left out "
+                       f"({r.data['diverged']}).")
     if results.profile != "full":
         out.append(f"{results.profile} profile: {len(_comparisons(results)[0][1])} seed(s) per free-model "
                    f"comparison, {GRID_SEEDS if results.profile == 'default' else 1} per grid cell "
@@ -554,7 +588,7 @@ def _trajectory_rows(results) -> list[tuple[str, dict]]:
         # The cell nearest the paper's (V = 60, d = 128 in the default profile), its first seed.
         name, recs = min(grid, key=lambda nr: (abs(nr[1][0].config["vocab"] - 60), abs((nr[1][0].config["dim"] or 0) - 128)))
         rows.append((name + " (seed 0)", recs[0].data))
-    sgd = _permutation(results, "sgd")
+    sgd = _learned(_permutation(results, "sgd"))
     if sgd:
         budget = sgd[0].config["budget"]
         learns = [r for r in sgd if r.data["success_at_budget"]]
@@ -604,7 +638,7 @@ def _prediction_scatter(results, P):
             d = r.data
             if d["tau_learn_sim"] is not None and d["tau_learn_rc"] is not None:
                 points.append((d["tau_learn_sim"], d["tau_learn_rc"], f"grid, d = {r.config['dim']}"))
-    for r in _permutation(results, "sgd"):
+    for r in _learned(_permutation(results, "sgd")):
         d = r.data
         if d["tau_learn_sim"] is not None and d["tau_learn_rc"] is not None:
             points.append((d["tau_learn_sim"], d["tau_learn_rc"], "E4's permutation seeds"))
