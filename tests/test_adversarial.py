@@ -1176,8 +1176,10 @@ def _cli_cases():
 
 
 def _fill(text, names):
-    for key, value in names.items():
-        text = text.replace("{" + key + "}", value)
+    """``text`` with each ``{name}`` replaced by ``names[name]``, longest names first (so that
+    ``{tmp}`` never eats the start of ``{tmpdir}``)."""
+    for key in sorted(names, key=len, reverse=True):
+        text = text.replace("{" + key + "}", names[key])
     return text
 
 
