@@ -768,17 +768,21 @@ def _malformed_threads(stored) -> str | None:
 def _describe_pools(report) -> str:
     if report is None:
         return "not reported"
-    short = lambda value: (text if len(text := str(value)) <= 40 else text[:37] + "...")  # noqa: E731
-    return ", ".join(f"{short(p.get('internal_api'))} {short(p.get('version'))} ({short(p.get('num_threads'))} threads)"
+    return ", ".join(f"{_clip(p.get('internal_api'))} {_clip(p.get('version'))} ({_clip(p.get('num_threads'))} threads)"
                      for p in report) or "none"
+
+
+def _clip(value, width: int = 40) -> str:
+    """``str(value)``, cut to ``width`` characters with "..." (a damaged record must not make a huge line)."""
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _short_value(value) -> str:
     """A thread variable's value for a message: ``unset`` for None/empty, quoted when odd, at most 40 characters."""
     if value is None:
         return "unset"
-    text = value if value.strip().isdigit() and value.strip() == value else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return _clip(value if value.strip().isdigit() and value.strip() == value else repr(value))
 
 
 def _thread_difference(stored, current) -> str | None:
