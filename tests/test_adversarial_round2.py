@@ -245,34 +245,24 @@ def _snapshot_from_another_seed(run: Path):
 
 def _resume_cases():
     P = "params/embed"
-    fmt = ("miniattn/checkpoint.py load_checkpoint checks the format with int(data['format']) == 1, so a "
-           "format entry of 1.5, '1' or True passes for format 1; it should be refused unless it is one integer 1")
     refused = {
-        "format-1.5": pytest.param(_set("format", np.array(1.5)), marks=xfail(fmt)),
-        "format-string-1": pytest.param(_set("format", np.array("1")), marks=xfail(fmt)),
-        "format-bool": pytest.param(_set("format", np.array(True)), marks=xfail(fmt)),
+        "format-1.5": _set("format", np.array(1.5)),
+        "format-string-1": _set("format", np.array("1")),
+        "format-bool": _set("format", np.array(True)),
         "step-bool": _set("step", np.array(True)),
         "step-complex": _set("step", np.array(4 + 0j)),
         "param-complex": _npz_edit(lambda a: a.__setitem__(P, a[P].astype(np.complex128))),
         "param-0-d": _set(P, np.array(1.0)),
         "adam-m-int": _npz_edit(lambda a: a.__setitem__("optimizer/m/embed", a["optimizer/m/embed"].astype(int))),
         "opt-t-string": _set("optimizer/t", np.array("4")),
-        "opt-t-not-the-step": pytest.param(_set("optimizer/t", np.array(1000)), marks=xfail(
-            "miniattn/checkpoint.py restore: optimizer/t (Adam's bias-correction count) is never checked "
-            "against the step, so a checkpoint at step 4 with t=1000 resumes and silently changes "
-            "every later update; it should be refused naming 'optimizer/t'")),
+        "opt-t-not-the-step": _set("optimizer/t", np.array(1000)),
         "rng-pcg64-without-state": _set("rng_state", np.array('{"bit_generator": "PCG64"}')),
         "rng-pcg64-state-garbage": _set("rng_state", np.array(
             '{"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0, "uinteger": 0}')),
         "rng-deeply-nested": _set("rng_state", np.array(_deep_json(50000))),
         "run-key-deeply-nested": _set("run_key", np.array(_deep_json(50000))),
-        "evals-negative-step": pytest.param(_set("history/evals", np.array('[{"step": -1}]')), marks=xfail(
-            "miniattn/checkpoint.py _evals_of/restore accept an evaluation record at a negative step; "
-            "it should be refused as damage (a step is >= 0)")),
-        "evals-unordered": pytest.param(_set("history/evals", np.array(
-            '[{"step": 4, "loss": 1.0}, {"step": 0, "loss": 1.0}]')), marks=xfail(
-            "miniattn/checkpoint.py restore accepts evaluation records out of step order (step 4 before "
-            "step 0) and rewrites metrics.jsonl from them; it should be refused as damage")),
+        "evals-negative-step": _set("history/evals", np.array('[{"step": -1}]')),
+        "evals-unordered": _set("history/evals", np.array('[{"step": 4, "loss": 1.0}, {"step": 0, "loss": 1.0}]')),
         "train-loss-object-json": _set("history/train_loss", np.array('[1, 2, 3, 4]')),
         "missing-param-score": _drop("params/score"),
         "zip-duplicate-member": lambda run: _append_zip_member(run, "step.npy", np.array(2)),
