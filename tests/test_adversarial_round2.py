@@ -582,13 +582,8 @@ def _divergence_cases():
             c.append(pytest.param(_Diverging, how, at, checkpoint_every, "sgd",
                                   id=f"{how}-at-{at}-checkpoint-every-{checkpoint_every}"))
     c.append(pytest.param(_Raising, "grad-float32-nan", 3, 1, "adam", id="grad-float32-nan"))
-    c.append(pytest.param(_Raising, "overflow-error", 3, 1, "adam", id="python-overflow-error",
-                          marks=xfail("miniattn/train.py _loss_and_grads turns NonFiniteError, FloatingPointError "
-                                      "and RuntimeWarning into TrainingDiverged but lets OverflowError (Python's "
-                                      "float overflow, another ArithmeticError) escape with no step")))
-    c.append(pytest.param(_Raising, "loss-huge-python-int", 3, 1, "adam", id="loss-int-beyond-float",
-                          marks=xfail("miniattn/train.py _loss_and_grads: float(loss) of an integer loss beyond "
-                                      "float range raises OverflowError instead of TrainingDiverged(step 3)")))
+    c.append(pytest.param(_Raising, "overflow-error", 3, 1, "adam", id="python-overflow-error"))
+    c.append(pytest.param(_Raising, "loss-huge-python-int", 3, 1, "adam", id="loss-int-beyond-float"))
     return c
 
 
