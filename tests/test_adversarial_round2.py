@@ -714,33 +714,17 @@ def _loose_cases():
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(1, 2, 3)), rng.normal(size=(1, 4, 3)), rng.normal(size=(1, 4, 3))
     # layers
-    add(lambda: attention_forward(q, k, v, uniform="False"), TypeError, "uniform", "attention_forward-uniform-str",
-        "miniattn/layers.py attention_forward does not check uniform: the string 'False' is truthy and silently "
-        "gives uniform attention; it should raise TypeError naming uniform (the models already do)")
-    add(lambda: attention_forward(q, k, v, uniform=None), TypeError, "uniform", "attention_forward-uniform-None",
-        "miniattn/layers.py attention_forward accepts uniform=None (treated as False) without a TypeError")
+    add(lambda: attention_forward(q, k, v, uniform="False"), TypeError, "uniform", "attention_forward-uniform-str")
+    add(lambda: attention_forward(q, k, v, uniform=None), TypeError, "uniform", "attention_forward-uniform-None")
     add(lambda: multihead_attention_forward(q, k, v, np.zeros((2, 3, 3)), np.zeros((2, 3, 3)), uniform="no"),
-        TypeError, "uniform", "multihead_attention_forward-uniform-str",
-        "miniattn/layers.py multihead_attention_forward does not check uniform: 'no' silently means uniform")
-    add(lambda: masked_softmax(np.zeros((2, 3)), "yes"), TypeError, "mask", "masked_softmax-mask-str",
-        "miniattn/layers.py masked_softmax accepts a string mask ('yes' broadcasts as truthy) and returns a "
-        "softmax; it should raise TypeError naming mask, as attention_forward does")
-    add(lambda: masked_softmax(np.zeros((2, 3)), np.ones((2, 3), int)), TypeError, "mask", "masked_softmax-mask-int",
-        "miniattn/layers.py masked_softmax accepts an integer mask (any nonzero = keep) without a TypeError")
-    add(lambda: masked_softmax(np.zeros((2, 0)), None), ValueError, "scores", "masked_softmax-empty-axis",
-        "miniattn/layers.py masked_softmax of an empty axis raises NumPy's 'zero-size array to reduction "
-        "operation maximum' without naming scores")
-    add(lambda: log_softmax(np.zeros((2, 0))), ValueError, "logits", "log_softmax-empty-axis",
-        "miniattn/layers.py log_softmax of an empty axis raises NumPy's 'zero-size array to reduction' "
-        "ValueError without naming logits")
-    add(lambda: log_softmax(np.array([[1, 2, 3]])), TypeError, "logits", "log_softmax-int",
-        "miniattn/layers.py log_softmax of an integer array raises ValueError 'data type not inexact' "
-        "without naming logits (attention_forward raises TypeError naming its argument)")
-    add(lambda: log_softmax("abc"), TypeError, "logits", "log_softmax-str",
-        "miniattn/layers.py log_softmax('abc') raises NumPy's UFuncTypeError about 'maximum' without naming logits")
-    add(lambda: masked_softmax(np.zeros((2, 3)), None, axis=1.0), TypeError, "axis", "masked_softmax-axis-float",
-        "miniattn/layers.py masked_softmax(axis=1.0) raises NumPy's \"'float' object cannot be interpreted as an "
-        "integer\" without naming axis")
+        TypeError, "uniform", "multihead_attention_forward-uniform-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), "yes"), TypeError, "mask", "masked_softmax-mask-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), np.ones((2, 3), int)), TypeError, "mask", "masked_softmax-mask-int")
+    add(lambda: masked_softmax(np.zeros((2, 0)), None), ValueError, "scores", "masked_softmax-empty-axis")
+    add(lambda: log_softmax(np.zeros((2, 0))), ValueError, "logits", "log_softmax-empty-axis")
+    add(lambda: log_softmax(np.array([[1, 2, 3]])), TypeError, "logits", "log_softmax-int")
+    add(lambda: log_softmax("abc"), TypeError, "logits", "log_softmax-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), None, axis=1.0), TypeError, "axis", "masked_softmax-axis-float")
     # metrics
     lp = np.log(np.full((2, 3, 4), 0.25))
     add(lambda: token_accuracy(lp, np.zeros((2, 3))), TypeError, "gold", "token_accuracy-gold-float")
