@@ -765,14 +765,10 @@ def _loose_cases():
     add(lambda: SGD(p(), momentum=np.float64(1.0)), ValueError, "momentum", "SGD-momentum-numpy-1")
     add(lambda: make_optimizer("adam", p(), bogus=1), TypeError, "bogus", "make_optimizer-unknown-keyword")
     add(lambda: make_optimizer("adam", p(), lr="x"), TypeError, "lr", "make_optimizer-lr-str")
-    add(lambda: Adam({"w": np.zeros((0,))}), ValueError, "params['w']", "Adam-empty-param",
-        "miniattn/optim.py Adam accepts a parameter with no elements; a zero-size parameter cannot be trained "
-        "and should be refused naming params['w']")
+    add(lambda: Adam({"w": np.zeros((0,))}), ValueError, "params['w']", "Adam-empty-param")
     add(lambda: Adam(p()).step({"w": np.zeros(3, int)}), TypeError, "grads['w']", "Adam.step-grads-int")
     add(lambda: Adam(p()).step({"w": np.zeros(3, bool)}), TypeError, "grads['w']", "Adam.step-grads-bool")
-    add(lambda: Adam(p()).step({"w": np.zeros(3, np.float32)}), TypeError, "grads['w']", "Adam.step-grads-float32",
-        "miniattn/optim.py Adam.step accepts float32 gradients for a float64 parameter (silently upcast), while "
-        "load_state_dict refuses a float32 moment; it should raise TypeError naming grads['w']")
+    add(lambda: Adam(p()).step({"w": np.zeros(3, np.float32)}), TypeError, "grads['w']", "Adam.step-grads-float32")
     add(lambda: SGD(p(), momentum=0.5).load_state_dict({"t": 1, "velocity/w": np.full(3, np.nan)}), ValueError,
         "velocity/w", "SGD.load_state_dict-velocity-nan")
     # models
