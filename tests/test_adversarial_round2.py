@@ -16,9 +16,9 @@ configuration.
 Defects this round found in ``miniattn/cli.py`` are fixed there (one-line messages whatever a path or
 an environment value holds; a run killed before its config.json was in place resumes; BLAS thread
 pools compared whatever order the libraries were loaded in; FIFOs and devices refused as --data;
-too-long --out names and deeply nested config/metrics files end in one line). The others, in modules
-this round could not change, are the ``xfail(strict=True)`` cases below, each naming file, function
-and behaviour.
+too-long --out names and deeply nested config/metrics files end in one line). The 31 others, first
+recorded here as ``xfail(strict=True)`` cases, were fixed in the modules they name (checkpoint, train,
+metrics, layers, tasks/translation, optim, analysis/store) and now run as ordinary cases.
 """
 
 from __future__ import annotations
@@ -802,10 +802,7 @@ def _loose_cases():
     # the results store
     add(lambda: ResultStore(5), ValueError, "experiment", "ResultStore-experiment-int")
     add(lambda: ResultStore("e9", os.environ["MINIATTN_RESULTS"]).save_run("r", [1], "code", {}, metadata={}),
-        TypeError, "config", "ResultStore.save_run-config-list",
-        "analysis/store.py ResultStore.save_run(config=[1]) fails inside dict(config) with 'cannot convert "
-        "dictionary update sequence element #0 to a sequence', naming neither config nor the run (and after "
-        "creating the runs directory)")
+        TypeError, "config", "ResultStore.save_run-config-list")
     add(lambda: ResultStore("e9", os.environ["MINIATTN_RESULTS"]).save_run("r", {"a": object()}, "code", {}, metadata={}), TypeError,
         "object", "ResultStore.save_run-config-not-json")
     # text options
@@ -860,10 +857,7 @@ def _store_cases():
             path_of(s).symlink_to(s.dir / target)
         return mutate
     c = {
-        "json-deeply-nested": (lambda s: J(s).write_text(_deep_json()), "corrupt",
-                               "analysis/store.py ResultStore._read_meta catches OSError/ValueError but not the "
-                               "RecursionError json.load raises on a deeply nested file, so is_current and "
-                               "load_run crash instead of treating the run as corrupt"),
+        "json-deeply-nested": (lambda s: J(s).write_text(_deep_json()), "corrupt", None),
         "json-nul-bytes": (lambda s: J(s).write_bytes(b"\0" * 40), "corrupt", None),
         "json-bom": (lambda s: J(s).write_bytes(b"\xef\xbb\xbf" + J(s).read_bytes()), "corrupt-or-current", None),
         "json-sha-missing": (json_edit(lambda r: r.pop("arrays_sha256")), "corrupt", None),
@@ -874,9 +868,7 @@ def _store_cases():
         "npz-appended-byte": (lambda s: N(s).write_bytes(N(s).read_bytes() + b"\0"), "corrupt", None),
         "json-config-hash-missing": (json_edit(lambda r: r.pop("config_hash")), "stale", None),
         "json-code-null": (json_edit(lambda r: r.__setitem__("code", None)), "stale", None),
-        "npz-fifo": ("fifo", "corrupt",
-                     "analysis/store.py ResultStore.is_current hashes the .npz with open()+read: a FIFO in its "
-                     "place blocks forever instead of the run being not current"),
+        "npz-fifo": ("fifo", "corrupt", None),
     }
     cases = []
     for name, (mutation, expected, reason) in c.items():
@@ -916,16 +908,8 @@ def test_6_a_failed_save_leaves_the_previous_run_intact(tmp_path):
     assert list(store.load_run("r").data["curve"]) == [0.0, 1.0, 2.0, 3.0]
 
 
-test_6_a_failed_save_leaves_the_previous_run_intact = xfail(
-    "analysis/store.py ResultStore.save_run replaces the .npz before encoding the JSON record, so a result with "
-    "an unencodable value (TypeError from to_jsonable) leaves the old JSON pointing at a new .npz: the previous, "
-    "intact run is no longer current or loadable")(test_6_a_failed_save_leaves_the_previous_run_intact)
-
-
 @pytest.mark.parametrize("content", [
-    pytest.param(_deep_json().encode(), id="deeply-nested", marks=xfail(
-        "analysis/store.py ResultStore.load_summary: a deeply nested summary.json raises RecursionError "
-        "instead of the ValueError naming the file")),
+    pytest.param(_deep_json().encode(), id="deeply-nested"),
     pytest.param(b"\xef\xbb\xbf{}", id="bom"), pytest.param(b"\0", id="nul"),
     pytest.param(b'{"a": NaN}', id="nan-literal")])
 def test_6_odd_summaries_are_a_value_error_or_read(content, tmp_path):
