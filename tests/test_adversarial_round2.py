@@ -51,9 +51,9 @@ from miniattn.tasks.text_options import TextOptions
 from miniattn.tasks.translation import TranslationTask
 from miniattn.train import TrainingDiverged, train
 
-from tests.test_adversarial import (_STUB_PY, COPY, _config_edit, _Diverging, _drop, _float_arrays, _layer_call,
-                                    _LAYERS, _npz_edit, _recurrent_call, _set, _TASK, _write, assert_one_line,
-                                    cli_run)
+from tests.test_adversarial import (_CODE, _CONFIG, _STUB_PY, COPY, _config_edit, _Diverging, _drop, _float_arrays, _layer_call,
+                                    _LAYERS, _npz_edit, _recurrent_call, _set, _store, _TASK, _write,
+                                    assert_one_line, cli_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 xfail = lambda reason: pytest.mark.xfail(strict=True, reason=reason)  # noqa: E731
@@ -830,14 +830,6 @@ def test_5_loose_types_are_refused_naming_the_argument(call, error, named, tmp_p
 # ==================================================================================================
 # 6. The results store
 # ==================================================================================================
-
-_CONFIG, _CODE = {"seed": 1}, "code-1"
-
-
-def _store(root):
-    store = ResultStore("e9", root)
-    store.save_run("r", _CONFIG, _CODE, {"x": 1.0, "curve": np.arange(4.0)}, metadata={"m": 1})
-    return store
 
 
 def _store_cases():
