@@ -112,6 +112,20 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _stale_code(summary: Mapping, info: ExperimentInfo) -> str:
+    """Why a summary's code fingerprint is not the current code's (empty when it is, or unknown)."""
+    from analysis.fingerprint import fingerprint
+
+    recorded = summary.get("code")
+    if not isinstance(recorded, str):
+        return ""
+    try:
+        current = fingerprint(info.module)
+    except Exception:   # the module cannot be imported here: nothing to compare with
+        return ""
+    return "" if current == recorded else f"fingerprint {recorded[:12]}, the code now {current[:12]}"
+
+
 def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> tuple[list[str], dict]:
     """Markdown lines of one experiment's section, and a status row for the overview table."""
     path = results / info.id / "summary.json"
@@ -153,6 +167,10 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     ]
     if vers_txt:
         lines.append(f"- Versions: {vers_txt}")
+    stale = _stale_code(s, info)
+    if stale:
+        lines.append(f"- **Computed by an earlier version of its code** ({stale}); `{make_cmd}` recomputes it")
+        status["state"] = "done (earlier code)"
     lines.append("")
     if s.get("description"):
         lines += [str(s["description"]).strip(), ""]

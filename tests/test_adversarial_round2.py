@@ -497,8 +497,11 @@ def test_2_a_signal_at_any_moment_then_resume_is_bit_identical(moment, nth, sign
     script = tmp_path / "signaller.py"
     script.write_text(_SIGNALLER)
     argv = [sys.executable, str(script), moment, signame, str(nth), str(ready), *SIGNAL_RUN, "--out", str(run)]
+    # SIGINT back to its default in the child: a suite started in the background (`make test &`,
+    # nohup, some CI runners) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen(argv, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if sender.startswith("external"):
             deadline = time.monotonic() + 30

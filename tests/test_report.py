@@ -170,3 +170,18 @@ def test_save_figure_writes_png_atomically(tmp_path):
     np.testing.assert_array_equal(lo, [0.0, 0.0])
     np.testing.assert_array_equal(hi, [1.0, 1.0])
     np.testing.assert_array_equal(mean, [0.5, 0.5])
+
+
+def test_report_marks_a_result_computed_by_an_earlier_version_of_its_code(tmp_path):
+    """A summary whose code fingerprint is not the experiment's current one is flagged, with the
+    command that recomputes it; a current one is not."""
+    from analysis.fingerprint import fingerprint
+
+    results = tmp_path / "results"
+    e1, e4 = (next(e for e in EXPERIMENTS if e.id == i) for i in ("e1", "e4"))
+    _summary(results, "e1", [], code=fingerprint(e1.module))
+    _summary(results, "e4", [], code="0" * 64)
+    text = R.build_report(results, tmp_path / "REPORT.md").read_text()
+    sections = {h: body for h, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)}
+    assert "earlier version of its code" not in sections[e1.title]
+    assert "earlier version of its code" in sections[e4.title] and "make repro-e4" in sections[e4.title]
