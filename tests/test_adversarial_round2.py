@@ -51,7 +51,7 @@ from miniattn.tasks.text_options import TextOptions
 from miniattn.tasks.translation import TranslationTask
 from miniattn.train import TrainingDiverged, train
 
-from tests.test_adversarial import (_CODE, _CONFIG, _STUB_PY, COPY, _config_edit, _Diverging, _drop, _float_arrays, _layer_call,
+from tests.test_adversarial import (_CODE, _CONFIG, _STUB_PY, COPY, _config_edit, _fill, _Diverging, _drop, _float_arrays, _layer_call,
                                     _LAYERS, _npz_edit, _recurrent_call, _set, _store, _TASK, _write,
                                     assert_one_line, cli_run)
 
@@ -1030,12 +1030,6 @@ def _cli_cases():
     case("plot-metrics-deeply-nested", ["plot", "--run", "{tmp}"], {"metrics.jsonl": _deep_json() + "\n"},
          status=(1, 2), named="metrics.jsonl")
     return c
-
-
-def _fill(text, names):
-    for key in sorted(names, key=len, reverse=True):
-        text = text.replace("{" + key + "}", names[key])
-    return text
 
 
 @pytest.mark.parametrize("argv, files, status, named", _cli_cases())
