@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,8 +56,27 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+def _open_regular(path: Path, mode: str = "rb", **kwargs):
+    """``open(path, mode)`` for a regular file (symbolic links followed); OSError for anything else.
+
+    Opened non-blocking first and checked with ``fstat`` on the open descriptor, so a FIFO (or a
+    device) in place of a result file is refused at once instead of blocking the reader forever.
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblocking)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        if nonblocking:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
+    with _open_regular(path, "rb") as f:
         return _stream_sha256(f)
 
 
@@ -116,9 +136,9 @@ class ResultStore:
         arrays into it, and a record without it cannot be a complete run written by :meth:`save_run`.
         """
         try:
-            with open(self.run_path(name), encoding="utf-8") as f:
+            with _open_regular(self.run_path(name), "r", encoding="utf-8") as f:
                 meta = json.load(f)
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested
             return None
         if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict):
             return None
@@ -155,13 +175,23 @@ class ResultStore:
 
     def save_run(self, name: str, config: Mapping[str, Any], code: str, result: Mapping[str, Any], *,
                  metadata: Mapping[str, Any]) -> Path:
-        """Write run ``name``: arrays to ``.npz`` first, then the JSON with the arrays' checksum."""
+        """Write run ``name``: arrays to ``.npz`` first, then the JSON with the arrays' checksum.
+
+        Everything is checked, and the JSON record encoded once, before any file is touched: a result
+        that cannot be stored (a TypeError or ValueError from the encoding) leaves the previous run,
+        if any, intact and current.
+        """
         path = self.run_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        for arg, value in (("config", config), ("result", result), ("metadata", metadata)):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{arg} must be a mapping, got {type(value).__name__} (saving run {name!r})")
         data, arrays = _split_arrays(result)
         record = {"experiment": self.experiment, "name": name, "config": dict(config),
                   "config_hash": config_hash(config), "code": code, "seed": config.get("seed"),
                   **dict(metadata), "data": data, "arrays": sorted(arrays)}
+        # The record as written below, less the arrays' checksum (a hex string, always encodable).
+        json.dumps(io.to_jsonable(record), indent=1, sort_keys=True, allow_nan=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if arrays:
             io.atomic_save_npz(path.with_suffix(".npz"), **arrays)
             record["arrays_sha256"] = _file_sha256(path.with_suffix(".npz"))
@@ -188,7 +218,7 @@ class ResultStore:
             try:
                 # One open file for the checksum and the load: the bytes verified are the bytes read,
                 # even if a writer replaces the .npz in between.
-                with open(npz, "rb") as f:
+                with _open_regular(npz, "rb") as f:
                     intact = _stream_sha256(f) == meta.get("arrays_sha256")
                     if intact:
                         f.seek(0)
@@ -217,11 +247,11 @@ class ResultStore:
     def load_summary(self) -> dict[str, Any]:
         """``summary.json`` (ValueError naming the file when it is missing or corrupt)."""
         try:
-            with open(self.summary_path, encoding="utf-8") as f:
+            with _open_regular(self.summary_path, "r", encoding="utf-8") as f:
                 summary = json.load(f)
         except FileNotFoundError:
             raise ValueError(f"{self.summary_path}: not computed yet (make repro-{self.experiment})") from None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deeply nested
             raise ValueError(f"{self.summary_path}: corrupt ({exc}); rerun the compute step") from None
         if not isinstance(summary, dict):
             raise ValueError(f"{self.summary_path}: not a summary object")

@@ -20,6 +20,7 @@ import numpy as np
 
 from miniattn import io
 from miniattn.history import History
+from miniattn.optim import Adam
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "CONFIG_NAME", "CHECKPOINT_FORMAT", "Checkpoint",
            "save_checkpoint", "load_checkpoint", "restore", "CheckpointError"]
@@ -113,8 +114,7 @@ def load_checkpoint(path) -> Checkpoint:
     required = {"format", "step", "rng_state", "run_key", "history/evals", "history/train_loss"}
     if not required <= set(data):
         raise ValueError(f"{path} is not a miniattn checkpoint (missing {sorted(required - set(data))})")
-    if int(data["format"]) != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {int(data['format'])}, expected {CHECKPOINT_FORMAT}")
+    _format_of(data["format"], path)
     # Older checkpoints have no per-step records.
     per_step = _json_entry(data, "history/per_step", path, dict) if "history/per_step" in data else {}
     history = History(evals=_evals_of(_json_entry(data, "history/evals", path, list), path),
@@ -128,6 +128,14 @@ def load_checkpoint(path) -> Checkpoint:
         history=history,
         run_key=_json_entry(data, "run_key", path, dict),
     )
+
+
+def _format_of(value: np.ndarray, path) -> None:
+    """``format``: exactly one integer equal to :data:`CHECKPOINT_FORMAT` (not 1.5, '1' or True)."""
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise CheckpointError(f"{path}: entry 'format' must be one integer, got {value.dtype}{list(value.shape)}")
+    if int(value) != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {int(value)}, expected {CHECKPOINT_FORMAT}")
 
 
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
@@ -155,7 +163,9 @@ def _json_entry(data: dict[str, np.ndarray], key: str, path, expected: type):
 
 
 def _evals_of(evals: list, path) -> list[dict]:
-    """``history/evals``: a list of records (JSON objects), each with an integer ``step``."""
+    """``history/evals``: a list of records (JSON objects), each with an integer ``step`` >= 0, in
+    strictly increasing step order (as :func:`miniattn.train.train` appends them)."""
+    previous = None
     for i, record in enumerate(evals):
         if not isinstance(record, dict):
             raise CheckpointError(f"{path}: entry 'history/evals' record {i} must be a JSON object, "
@@ -165,6 +175,13 @@ def _evals_of(evals: list, path) -> list[dict]:
         if not isinstance(step, int) or isinstance(step, bool):
             raise CheckpointError(f"{path}: entry 'history/evals' record {i} has step {step!r:.40}, "
                                   "expected an integer")
+        if step < 0:
+            raise CheckpointError(f"{path}: entry 'history/evals' record {i} has step {step}, "
+                                  "expected a step >= 0")
+        if previous is not None and step <= previous:
+            raise CheckpointError(f"{path}: entry 'history/evals' record {i} has step {step} after step "
+                                  f"{previous}, expected strictly increasing steps")
+        previous = step
     return evals
 
 
@@ -204,7 +221,8 @@ def restore(path, run_key: dict, steps: int, model, optimizer, train_rng) -> tup
     optimiser), the step (an integer in ``[0, steps]`` equal to the number of recorded training
     losses and at least the step of the last evaluation), the history (JSON entries of the right
     types, finite training losses, integer evaluation steps), every parameter (exactly the model's
-    names, shapes and dtypes, all finite) and the optimiser state (finite, loadable).
+    names, shapes and dtypes, all finite) and the optimiser state (finite, loadable; for
+    :class:`~miniattn.optim.Adam` a step counter ``t`` equal to the step).
 
     Returns
     -------
@@ -255,6 +273,12 @@ def restore(path, run_key: dict, steps: int, model, optimizer, train_rng) -> tup
     for key, value in ck.optimizer_state.items():
         if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
             raise CheckpointError(f"the checkpoint {path}: optimiser state {key!r} is not finite numbers")
+    # Adam's bias corrections 1 - beta**t depend on t, which train() advances once per step from a
+    # fresh optimiser: any other t would silently change every later update.
+    t = ck.optimizer_state.get("t")
+    if isinstance(optimizer, Adam) and t is not None and t.shape == () and t.dtype.kind in "iu" and int(t) != step:
+        raise CheckpointError(f"the checkpoint {path}: entry 'optimizer/t' is {int(t)}, expected the "
+                              f"checkpoint's step {step} (Adam's step counter)")
     if ck.rng_state.get("bit_generator") != type(train_rng.bit_generator).__name__:
         raise CheckpointError(f"the checkpoint {path}: generator {ck.rng_state.get('bit_generator')}, "
                               f"expected {type(train_rng.bit_generator).__name__}")

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse
 
-from miniattn._validate import NonFiniteError, bool_array, float_array, int_array, result_dtype
+from miniattn._validate import NonFiniteError, bool_array, flag, float_array, int_array, integer, result_dtype
 
 __all__ = [
     "EmbeddingCache", "embedding_forward", "embedding_backward",
@@ -60,6 +60,23 @@ def _check_row_max(name: str, row_max: np.ndarray, masked: bool) -> None:
     raise NonFiniteError(f"{name} have a row with every entry -inf; a softmax over no entries is undefined")
 
 
+def _softmax_input(name: str, x, axis) -> tuple[np.ndarray, int]:
+    """``(x, axis)`` of a softmax, checked without a pass over ``x``: a floating-point array (a
+    literal of ints becomes float64, as in :func:`~miniattn._validate.float_array`; an ndarray is
+    returned as it is), an integer ``axis``, and a non-empty ``axis`` (a softmax over no entries is
+    undefined). Each error names ``name`` or ``axis``; an axis out of range is left to NumPy."""
+    axis = integer("axis", axis)
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if not isinstance(x, np.ndarray) and arr.dtype.kind in "iu":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if -arr.ndim <= axis < arr.ndim and arr.shape[axis] == 0:
+        raise ValueError(f"{name} must not be empty along axis {axis} (a softmax over no entries is "
+                         f"undefined), got shape {arr.shape}")
+    return arr, axis
+
+
 def log_softmax(logits: np.ndarray, axis: int = -1, *, name: str = "logits") -> np.ndarray:
     """Stable ``log softmax``: ``z - max z - log sum exp(z - max z)`` along ``axis``.
 
@@ -77,12 +94,17 @@ def log_softmax(logits: np.ndarray, axis: int = -1, *, name: str = "logits") -> 
 
     Raises
     ------
+    TypeError
+        If ``logits`` is not a floating-point array or ``axis`` not an integer.
+    ValueError
+        If ``logits`` is empty along ``axis``.
     NonFiniteError
         If a row's maximum is NaN or ±inf (an unmasked NaN/inf, or every entry -inf), or if the
         spread of a row exceeds the dtype's range so that a finite logit's log-probability would be
         -inf. Both are checked on the reduced (..., 1) maximum; the spread only when that maximum
         is large enough for the difference to overflow.
     """
+    logits, axis = _softmax_input(name, logits, axis)
     row_max = np.max(logits, axis=axis, keepdims=True)
     _check_row_max(name, row_max, masked=False)
     shifted = logits - row_max
@@ -121,10 +143,20 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray | None, axis: int = -1, 
 
     Raises
     ------
+    TypeError
+        If ``scores`` is not a floating-point array, ``mask`` not a boolean one or ``axis`` not an
+        integer.
+    ValueError
+        If ``scores`` is empty along ``axis``.
     NonFiniteError
         If an unmasked score is NaN or +inf (for a block's finite inputs: the score product
         overflowed), or a row has every entry masked (or -inf).
     """
+    scores, axis = _softmax_input(name, scores, axis)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True = keep), got dtype {mask.dtype}")
     if mask is not None and np.all(mask):
         mask = None   # nothing masked: skip three np.where passes (the result is bit-identical)
     if mask is None:
@@ -284,6 +316,7 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
     uniform : bool
         The paper's uniform-attention twin: scores forced to 0 before masking, so ``alpha`` is
         exactly ``1 / (number of unmasked keys)`` and no gradient reaches queries, keys or ``W``.
+        True or False only (a ``TypeError`` otherwise: the string ``"False"`` is truthy).
 
     Returns
     -------
@@ -297,6 +330,7 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
         If finite inputs overflow: an unmasked score (checked on the reduced row maximum) or the
         context.
     """
+    uniform = flag("uniform", uniform)
     queries = float_array("queries", queries, ndim=3)
     keys = float_array("keys", keys, ndim=3)
     values = float_array("values", values, ndim=3)
@@ -438,6 +472,7 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     value_matrices : float array, shape (H, dv, do)
     mask : bool array, shape (B, S), optional
     uniform : bool
+        As in :func:`attention_forward` (True or False only).
 
     Returns
     -------
@@ -450,6 +485,7 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     NonFiniteError
         If finite inputs overflow (attention scores, or the context).
     """
+    uniform = flag("uniform", uniform)
     queries = float_array("queries", queries, ndim=3)
     keys = float_array("keys", keys, ndim=3)
     values = float_array("values", values, ndim=3)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from miniattn import io
+from miniattn._validate import NonFiniteError
 
 __all__ = ["BUILTIN_METRICS", "token_accuracy", "attention_accuracy", "salient_attention_accuracy",
            "evaluate", "plain_record"]
@@ -44,13 +45,23 @@ def token_accuracy(log_probs, gold, mask=None) -> float:
     Parameters
     ----------
     log_probs : float array (B, T, C)
+        No NaN at counted positions.
     gold : int array (B, T)
+        Class ids in ``[0, C)`` at counted positions (anything elsewhere, e.g. padding).
     mask : bool array (B, T), optional
         True where the position counts (default: all).
 
     Returns
     -------
     float (NaN when no position counts).
+
+    Raises
+    ------
+    TypeError
+        If ``gold`` is not an integer array or ``mask`` not a boolean one.
+    ValueError
+        For a wrong shape or a counted ``gold`` id outside ``[0, C)``; :class:`NonFiniteError` for
+        NaN log-probabilities at a counted position.
     """
     log_probs = np.asarray(log_probs)
     gold = np.asarray(gold)
@@ -58,12 +69,28 @@ def token_accuracy(log_probs, gold, mask=None) -> float:
         raise ValueError(f"log_probs must have shape (B, T, C), got {log_probs.shape}")
     if gold.shape != log_probs.shape[:2]:
         raise ValueError(f"gold must have shape {log_probs.shape[:2]}, got {gold.shape}")
-    mask = np.ones(gold.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if gold.dtype.kind not in "iu":
+        raise TypeError(f"gold must be an integer array of class ids, got dtype {gold.dtype}")
+    if mask is None:
+        mask = np.ones(gold.shape, dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True = counted), got dtype {mask.dtype}")
     if mask.shape != gold.shape:
         raise ValueError(f"mask must have shape {gold.shape}, got {mask.shape}")
     counted = int(mask.sum())
     if counted == 0:
         return math.nan
+    # Gold ids at uncounted positions may be anything (padding); counted ones must be classes.
+    counted_gold = gold[mask]
+    C = log_probs.shape[-1]
+    if counted_gold.min() < 0 or counted_gold.max() >= C:
+        raise ValueError(f"gold must lie in [0, {C}) at counted positions, got values in "
+                         f"[{counted_gold.min()}, {counted_gold.max()}]")
+    # argmax of an all-NaN row is 0: a NaN would otherwise score as a hit on class 0.
+    if np.any(np.isnan(log_probs).any(axis=-1) & mask):
+        raise NonFiniteError("log_probs contains NaN at counted positions")
     hits = (np.argmax(log_probs, axis=-1) == gold) & mask
     return float(hits.sum() / counted)
 
@@ -83,6 +110,12 @@ def _hit_counts(attention: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
     # targets[b, t, pred[..., b, t]] by broadcasting the (B, T, S) targets against the leading axes.
     hit = np.take_along_axis(np.broadcast_to(targets, attention.shape), pred[..., None], axis=-1)[..., 0]
     return (hit & valid).sum(axis=(-2, -1)), n_valid
+
+
+def _check_no_nan(attention: np.ndarray, targets: np.ndarray) -> None:
+    """Refuse NaN attention in a row that counts: argmax of an all-NaN row is 0, which could score a hit."""
+    if np.any(np.isnan(attention).any(axis=-1) & targets.any(axis=-1)):
+        raise NonFiniteError("attention contains NaN in a counted row")
 
 
 def _hit_rate(attention: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -143,9 +176,15 @@ def attention_accuracy(attention, alignment, mask=None):
     Returns
     -------
     float, or float array (H,) (one accuracy per head) for 4-d attention; NaN when no position counts.
+
+    Raises
+    ------
+    NonFiniteError
+        (a ValueError) If a counted row of ``attention`` holds NaN.
     """
     attention = np.asarray(attention)
     targets = _alignment_targets(attention, alignment, mask)
+    _check_no_nan(attention, targets)
     rate = _hit_rate(attention, targets)
     return float(rate) if attention.ndim == 3 else rate
 
@@ -164,9 +203,16 @@ def salient_attention_accuracy(attention, salient):
     Returns
     -------
     float, or float array (H,) for 4-d attention; NaN when no sequence has a salient token.
+
+    Raises
+    ------
+    NonFiniteError
+        (a ValueError) If the row of a counted sequence holds NaN.
     """
     attention = np.asarray(attention)
-    rate = _hit_rate(attention, _salient_targets(attention, salient))
+    targets = _salient_targets(attention, salient)
+    _check_no_nan(attention, targets)
+    rate = _hit_rate(attention, targets)
     return float(rate) if attention.ndim == 3 else rate
 
 

@@ -33,7 +33,7 @@ def _check_params(params) -> dict[str, np.ndarray]:
     TypeError
         If ``params`` is not a dict, a key is not a string, or a value is not a floating-point array.
     ValueError
-        If a value is read-only or holds NaN or inf, naming ``params[key]``.
+        If a value has no elements, is read-only or holds NaN or inf, naming ``params[key]``.
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of name -> float array, got {type(params).__name__}")
@@ -45,6 +45,9 @@ def _check_params(params) -> dict[str, np.ndarray]:
                             f"got {type(v).__name__}")
         if v.dtype.kind != "f":
             raise TypeError(f"params[{k!r}] must be a floating-point array, got dtype {v.dtype}")
+        if v.size == 0:
+            raise ValueError(f"params[{k!r}] has no elements (shape {v.shape}); a zero-size parameter "
+                             "cannot be trained")
         if not v.flags.writeable:
             raise ValueError(f"params[{k!r}] is read-only; the optimiser updates parameters in place")
         # A NaN or inf parameter makes every later step NaN without any error: refuse it up front.
@@ -279,9 +282,16 @@ class Adam:
         Raises
         ------
         TypeError, ValueError
-            From :func:`_check_grads`, before ``t``, the moments or any parameter is changed.
+            From :func:`_check_grads`, before ``t``, the moments or any parameter is changed; also a
+            TypeError for a gradient of a narrower float dtype than its parameter (float32 grads of
+            a float64 parameter: its moments would hold float32-precision values, which
+            :meth:`load_state_dict` refuses). A wider gradient is rounded into the parameter's dtype.
         """
         grads = _check_grads(self.params, grads)
+        for k, g in grads.items():
+            if g.dtype.itemsize < self.params[k].dtype.itemsize:
+                raise TypeError(f"grads[{k!r}] has dtype {g.dtype}, narrower than params[{k!r}] "
+                                f"({self.params[k].dtype}); compute the gradient in the parameter's precision")
         self.t += 1
         b1, b2 = self.betas
         correction1 = 1.0 - b1 ** self.t

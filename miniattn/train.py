@@ -167,10 +167,14 @@ def _loss_and_grads(model, batch, step: int):
     """
     try:
         loss, grads = model.loss_and_grads(batch)
-    except (NonFiniteError, FloatingPointError, RuntimeWarning) as exc:
-        # RuntimeWarning: an overflow warning turned into an error by a warnings filter.
+    except (NonFiniteError, FloatingPointError, OverflowError, RuntimeWarning) as exc:
+        # RuntimeWarning: an overflow warning turned into an error by a warnings filter;
+        # OverflowError: Python's own float overflow (e.g. math.exp) inside the pass.
         raise TrainingDiverged(step, f"a non-finite value inside the forward/backward pass ({exc})") from None
-    loss = float(loss)
+    try:
+        loss = float(loss)
+    except OverflowError:  # an integer loss beyond the float range
+        raise TrainingDiverged(step, "the training loss is beyond the float range") from None
     if not math.isfinite(loss):
         raise TrainingDiverged(step, f"the training loss is {loss}")
     bad = _first_nonfinite(grads)
@@ -319,8 +323,8 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
     def log_eval(step: int) -> dict:
         try:
             record = evaluate(model, eval_batch, metrics_fn, chunk_size=eval_size)
-        except (NonFiniteError, FloatingPointError, RuntimeWarning) as exc:
-            # As in _loss_and_grads: an overflow under errstate('raise') or a warnings filter.
+        except (NonFiniteError, FloatingPointError, OverflowError, RuntimeWarning) as exc:
+            # As in _loss_and_grads: an overflow under errstate('raise'), a warnings filter or Python's float.
             raise TrainingDiverged(step, f"a non-finite value in the evaluation ({exc})") from None
         if record["loss"] is None:
             raise TrainingDiverged(step, "the held-out loss is not finite")

@@ -16,9 +16,9 @@ configuration.
 Defects this round found in ``miniattn/cli.py`` are fixed there (one-line messages whatever a path or
 an environment value holds; a run killed before its config.json was in place resumes; BLAS thread
 pools compared whatever order the libraries were loaded in; FIFOs and devices refused as --data;
-too-long --out names and deeply nested config/metrics files end in one line). The others, in modules
-this round could not change, are the ``xfail(strict=True)`` cases below, each naming file, function
-and behaviour.
+too-long --out names and deeply nested config/metrics files end in one line). The 31 others, first
+recorded here as ``xfail(strict=True)`` cases, were fixed in the modules they name (checkpoint, train,
+metrics, layers, tasks/translation, optim, analysis/store) and now run as ordinary cases.
 """
 
 from __future__ import annotations
@@ -245,34 +245,24 @@ def _snapshot_from_another_seed(run: Path):
 
 def _resume_cases():
     P = "params/embed"
-    fmt = ("miniattn/checkpoint.py load_checkpoint checks the format with int(data['format']) == 1, so a "
-           "format entry of 1.5, '1' or True passes for format 1; it should be refused unless it is one integer 1")
     refused = {
-        "format-1.5": pytest.param(_set("format", np.array(1.5)), marks=xfail(fmt)),
-        "format-string-1": pytest.param(_set("format", np.array("1")), marks=xfail(fmt)),
-        "format-bool": pytest.param(_set("format", np.array(True)), marks=xfail(fmt)),
+        "format-1.5": _set("format", np.array(1.5)),
+        "format-string-1": _set("format", np.array("1")),
+        "format-bool": _set("format", np.array(True)),
         "step-bool": _set("step", np.array(True)),
         "step-complex": _set("step", np.array(4 + 0j)),
         "param-complex": _npz_edit(lambda a: a.__setitem__(P, a[P].astype(np.complex128))),
         "param-0-d": _set(P, np.array(1.0)),
         "adam-m-int": _npz_edit(lambda a: a.__setitem__("optimizer/m/embed", a["optimizer/m/embed"].astype(int))),
         "opt-t-string": _set("optimizer/t", np.array("4")),
-        "opt-t-not-the-step": pytest.param(_set("optimizer/t", np.array(1000)), marks=xfail(
-            "miniattn/checkpoint.py restore: optimizer/t (Adam's bias-correction count) is never checked "
-            "against the step, so a checkpoint at step 4 with t=1000 resumes and silently changes "
-            "every later update; it should be refused naming 'optimizer/t'")),
+        "opt-t-not-the-step": _set("optimizer/t", np.array(1000)),
         "rng-pcg64-without-state": _set("rng_state", np.array('{"bit_generator": "PCG64"}')),
         "rng-pcg64-state-garbage": _set("rng_state", np.array(
             '{"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0, "uinteger": 0}')),
         "rng-deeply-nested": _set("rng_state", np.array(_deep_json(50000))),
         "run-key-deeply-nested": _set("run_key", np.array(_deep_json(50000))),
-        "evals-negative-step": pytest.param(_set("history/evals", np.array('[{"step": -1}]')), marks=xfail(
-            "miniattn/checkpoint.py _evals_of/restore accept an evaluation record at a negative step; "
-            "it should be refused as damage (a step is >= 0)")),
-        "evals-unordered": pytest.param(_set("history/evals", np.array(
-            '[{"step": 4, "loss": 1.0}, {"step": 0, "loss": 1.0}]')), marks=xfail(
-            "miniattn/checkpoint.py restore accepts evaluation records out of step order (step 4 before "
-            "step 0) and rewrites metrics.jsonl from them; it should be refused as damage")),
+        "evals-negative-step": _set("history/evals", np.array('[{"step": -1}]')),
+        "evals-unordered": _set("history/evals", np.array('[{"step": 4, "loss": 1.0}, {"step": 0, "loss": 1.0}]')),
         "train-loss-object-json": _set("history/train_loss", np.array('[1, 2, 3, 4]')),
         "missing-param-score": _drop("params/score"),
         "zip-duplicate-member": lambda run: _append_zip_member(run, "step.npy", np.array(2)),
@@ -595,13 +585,8 @@ def _divergence_cases():
             c.append(pytest.param(_Diverging, how, at, checkpoint_every, "sgd",
                                   id=f"{how}-at-{at}-checkpoint-every-{checkpoint_every}"))
     c.append(pytest.param(_Raising, "grad-float32-nan", 3, 1, "adam", id="grad-float32-nan"))
-    c.append(pytest.param(_Raising, "overflow-error", 3, 1, "adam", id="python-overflow-error",
-                          marks=xfail("miniattn/train.py _loss_and_grads turns NonFiniteError, FloatingPointError "
-                                      "and RuntimeWarning into TrainingDiverged but lets OverflowError (Python's "
-                                      "float overflow, another ArithmeticError) escape with no step")))
-    c.append(pytest.param(_Raising, "loss-huge-python-int", 3, 1, "adam", id="loss-int-beyond-float",
-                          marks=xfail("miniattn/train.py _loss_and_grads: float(loss) of an integer loss beyond "
-                                      "float range raises OverflowError instead of TrainingDiverged(step 3)")))
+    c.append(pytest.param(_Raising, "overflow-error", 3, 1, "adam", id="python-overflow-error"))
+    c.append(pytest.param(_Raising, "loss-huge-python-int", 3, 1, "adam", id="loss-int-beyond-float"))
     return c
 
 
@@ -675,12 +660,8 @@ def _nan_cases():
     c.append(pytest.param("log-softmax-subnormal", None, None, id="log-softmax-subnormals"))
     c.append(pytest.param("attention-masked-huge-keys", None, None, id="attention-huge-scores-masked-away"))
     # A NaN input must not come out as a plausible accuracy.
-    c.append(pytest.param("token-accuracy-nan", None, None, id="token-accuracy-of-nan-log-probs", marks=xfail(
-        "miniattn/metrics.py token_accuracy: NaN log-probabilities give accuracy 1.0 (argmax of an all-NaN "
-        "row is 0); it should raise NonFiniteError/ValueError naming log_probs or return NaN")))
-    c.append(pytest.param("attention-accuracy-nan", None, None, id="attention-accuracy-of-nan-attention", marks=xfail(
-        "miniattn/metrics.py attention_accuracy: an all-NaN attention map scores 1.0; it should raise "
-        "naming attention or return NaN")))
+    c.append(pytest.param("token-accuracy-nan", None, None, id="token-accuracy-of-nan-log-probs"))
+    c.append(pytest.param("attention-accuracy-nan", None, None, id="attention-accuracy-of-nan-attention"))
     return c
 
 
@@ -736,43 +717,23 @@ def _loose_cases():
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(1, 2, 3)), rng.normal(size=(1, 4, 3)), rng.normal(size=(1, 4, 3))
     # layers
-    add(lambda: attention_forward(q, k, v, uniform="False"), TypeError, "uniform", "attention_forward-uniform-str",
-        "miniattn/layers.py attention_forward does not check uniform: the string 'False' is truthy and silently "
-        "gives uniform attention; it should raise TypeError naming uniform (the models already do)")
-    add(lambda: attention_forward(q, k, v, uniform=None), TypeError, "uniform", "attention_forward-uniform-None",
-        "miniattn/layers.py attention_forward accepts uniform=None (treated as False) without a TypeError")
+    add(lambda: attention_forward(q, k, v, uniform="False"), TypeError, "uniform", "attention_forward-uniform-str")
+    add(lambda: attention_forward(q, k, v, uniform=None), TypeError, "uniform", "attention_forward-uniform-None")
     add(lambda: multihead_attention_forward(q, k, v, np.zeros((2, 3, 3)), np.zeros((2, 3, 3)), uniform="no"),
-        TypeError, "uniform", "multihead_attention_forward-uniform-str",
-        "miniattn/layers.py multihead_attention_forward does not check uniform: 'no' silently means uniform")
-    add(lambda: masked_softmax(np.zeros((2, 3)), "yes"), TypeError, "mask", "masked_softmax-mask-str",
-        "miniattn/layers.py masked_softmax accepts a string mask ('yes' broadcasts as truthy) and returns a "
-        "softmax; it should raise TypeError naming mask, as attention_forward does")
-    add(lambda: masked_softmax(np.zeros((2, 3)), np.ones((2, 3), int)), TypeError, "mask", "masked_softmax-mask-int",
-        "miniattn/layers.py masked_softmax accepts an integer mask (any nonzero = keep) without a TypeError")
-    add(lambda: masked_softmax(np.zeros((2, 0)), None), ValueError, "scores", "masked_softmax-empty-axis",
-        "miniattn/layers.py masked_softmax of an empty axis raises NumPy's 'zero-size array to reduction "
-        "operation maximum' without naming scores")
-    add(lambda: log_softmax(np.zeros((2, 0))), ValueError, "logits", "log_softmax-empty-axis",
-        "miniattn/layers.py log_softmax of an empty axis raises NumPy's 'zero-size array to reduction' "
-        "ValueError without naming logits")
-    add(lambda: log_softmax(np.array([[1, 2, 3]])), TypeError, "logits", "log_softmax-int",
-        "miniattn/layers.py log_softmax of an integer array raises ValueError 'data type not inexact' "
-        "without naming logits (attention_forward raises TypeError naming its argument)")
-    add(lambda: log_softmax("abc"), TypeError, "logits", "log_softmax-str",
-        "miniattn/layers.py log_softmax('abc') raises NumPy's UFuncTypeError about 'maximum' without naming logits")
-    add(lambda: masked_softmax(np.zeros((2, 3)), None, axis=1.0), TypeError, "axis", "masked_softmax-axis-float",
-        "miniattn/layers.py masked_softmax(axis=1.0) raises NumPy's \"'float' object cannot be interpreted as an "
-        "integer\" without naming axis")
+        TypeError, "uniform", "multihead_attention_forward-uniform-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), "yes"), TypeError, "mask", "masked_softmax-mask-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), np.ones((2, 3), int)), TypeError, "mask", "masked_softmax-mask-int")
+    add(lambda: masked_softmax(np.zeros((2, 0)), None), ValueError, "scores", "masked_softmax-empty-axis")
+    add(lambda: log_softmax(np.zeros((2, 0))), ValueError, "logits", "log_softmax-empty-axis")
+    add(lambda: log_softmax(np.array([[1, 2, 3]])), TypeError, "logits", "log_softmax-int")
+    add(lambda: log_softmax("abc"), TypeError, "logits", "log_softmax-str")
+    add(lambda: masked_softmax(np.zeros((2, 3)), None, axis=1.0), TypeError, "axis", "masked_softmax-axis-float")
     # metrics
     lp = np.log(np.full((2, 3, 4), 0.25))
-    add(lambda: token_accuracy(lp, np.zeros((2, 3))), TypeError, "gold", "token_accuracy-gold-float",
-        "miniattn/metrics.py token_accuracy accepts float gold labels (compared with == to the argmax); "
-        "it should raise TypeError naming gold, as attention_accuracy does for alignment")
-    add(lambda: token_accuracy(lp, np.full((2, 3), 9)), ValueError, "gold", "token_accuracy-gold-out-of-range",
-        "miniattn/metrics.py token_accuracy accepts gold ids outside [0, C) and silently scores 0.0")
+    add(lambda: token_accuracy(lp, np.zeros((2, 3))), TypeError, "gold", "token_accuracy-gold-float")
+    add(lambda: token_accuracy(lp, np.full((2, 3), 9)), ValueError, "gold", "token_accuracy-gold-out-of-range")
     add(lambda: token_accuracy(lp, np.zeros((2, 3), int), np.ones((2, 3), float) * 0.5), TypeError, "mask",
-        "token_accuracy-mask-float",
-        "miniattn/metrics.py token_accuracy casts a float mask to bool (0.5 counts) instead of a TypeError")
+        "token_accuracy-mask-float")
     add(lambda: attention_accuracy(np.full((2, 3, 4), 0.25), np.zeros((2, 3), int), mask="x"), ValueError, "mask",
         "attention_accuracy-mask-str")
     # tasks
@@ -784,9 +745,7 @@ def _loose_cases():
         add(lambda value=value: HeldOutSplit(_dataset(), value, rng), error, "fraction",
             f"HeldOutSplit-fraction-{value!r}")
     add(lambda: TranslationTask(6, 2, 3, rng=np.random.default_rng(0)), ValueError, "tgt_vocab",
-        "TranslationTask-tgt_vocab-2",
-        "miniattn/tasks/translation.py TranslationTask(6, 2, 3) refuses the target vocabulary with 'n_function_words "
-        "must be in [0, 1], got 2', naming a default argument the caller never passed instead of tgt_vocab")
+        "TranslationTask-tgt_vocab-2")
     for kw, error, named in (({"src_vocab": "6"}, TypeError, "src_vocab"),
                              ({"length": 0}, ValueError, "length"), ({"rng": 0}, TypeError, "rng"),
                              ({"length": 2.0}, TypeError, "length")):
@@ -809,14 +768,10 @@ def _loose_cases():
     add(lambda: SGD(p(), momentum=np.float64(1.0)), ValueError, "momentum", "SGD-momentum-numpy-1")
     add(lambda: make_optimizer("adam", p(), bogus=1), TypeError, "bogus", "make_optimizer-unknown-keyword")
     add(lambda: make_optimizer("adam", p(), lr="x"), TypeError, "lr", "make_optimizer-lr-str")
-    add(lambda: Adam({"w": np.zeros((0,))}), ValueError, "params['w']", "Adam-empty-param",
-        "miniattn/optim.py Adam accepts a parameter with no elements; a zero-size parameter cannot be trained "
-        "and should be refused naming params['w']")
+    add(lambda: Adam({"w": np.zeros((0,))}), ValueError, "params['w']", "Adam-empty-param")
     add(lambda: Adam(p()).step({"w": np.zeros(3, int)}), TypeError, "grads['w']", "Adam.step-grads-int")
     add(lambda: Adam(p()).step({"w": np.zeros(3, bool)}), TypeError, "grads['w']", "Adam.step-grads-bool")
-    add(lambda: Adam(p()).step({"w": np.zeros(3, np.float32)}), TypeError, "grads['w']", "Adam.step-grads-float32",
-        "miniattn/optim.py Adam.step accepts float32 gradients for a float64 parameter (silently upcast), while "
-        "load_state_dict refuses a float32 moment; it should raise TypeError naming grads['w']")
+    add(lambda: Adam(p()).step({"w": np.zeros(3, np.float32)}), TypeError, "grads['w']", "Adam.step-grads-float32")
     add(lambda: SGD(p(), momentum=0.5).load_state_dict({"t": 1, "velocity/w": np.full(3, np.nan)}), ValueError,
         "velocity/w", "SGD.load_state_dict-velocity-nan")
     # models
@@ -850,10 +805,7 @@ def _loose_cases():
     # the results store
     add(lambda: ResultStore(5), ValueError, "experiment", "ResultStore-experiment-int")
     add(lambda: ResultStore("e9", os.environ["MINIATTN_RESULTS"]).save_run("r", [1], "code", {}, metadata={}),
-        TypeError, "config", "ResultStore.save_run-config-list",
-        "analysis/store.py ResultStore.save_run(config=[1]) fails inside dict(config) with 'cannot convert "
-        "dictionary update sequence element #0 to a sequence', naming neither config nor the run (and after "
-        "creating the runs directory)")
+        TypeError, "config", "ResultStore.save_run-config-list")
     add(lambda: ResultStore("e9", os.environ["MINIATTN_RESULTS"]).save_run("r", {"a": object()}, "code", {}, metadata={}), TypeError,
         "object", "ResultStore.save_run-config-not-json")
     # text options
@@ -900,10 +852,7 @@ def _store_cases():
             path_of(s).symlink_to(s.dir / target)
         return mutate
     c = {
-        "json-deeply-nested": (lambda s: J(s).write_text(_deep_json()), "corrupt",
-                               "analysis/store.py ResultStore._read_meta catches OSError/ValueError but not the "
-                               "RecursionError json.load raises on a deeply nested file, so is_current and "
-                               "load_run crash instead of treating the run as corrupt"),
+        "json-deeply-nested": (lambda s: J(s).write_text(_deep_json()), "corrupt", None),
         "json-nul-bytes": (lambda s: J(s).write_bytes(b"\0" * 40), "corrupt", None),
         "json-bom": (lambda s: J(s).write_bytes(b"\xef\xbb\xbf" + J(s).read_bytes()), "corrupt-or-current", None),
         "json-sha-missing": (json_edit(lambda r: r.pop("arrays_sha256")), "corrupt", None),
@@ -914,9 +863,7 @@ def _store_cases():
         "npz-appended-byte": (lambda s: N(s).write_bytes(N(s).read_bytes() + b"\0"), "corrupt", None),
         "json-config-hash-missing": (json_edit(lambda r: r.pop("config_hash")), "stale", None),
         "json-code-null": (json_edit(lambda r: r.__setitem__("code", None)), "stale", None),
-        "npz-fifo": ("fifo", "corrupt",
-                     "analysis/store.py ResultStore.is_current hashes the .npz with open()+read: a FIFO in its "
-                     "place blocks forever instead of the run being not current"),
+        "npz-fifo": ("fifo", "corrupt", None),
     }
     cases = []
     for name, (mutation, expected, reason) in c.items():
@@ -956,16 +903,8 @@ def test_6_a_failed_save_leaves_the_previous_run_intact(tmp_path):
     assert list(store.load_run("r").data["curve"]) == [0.0, 1.0, 2.0, 3.0]
 
 
-test_6_a_failed_save_leaves_the_previous_run_intact = xfail(
-    "analysis/store.py ResultStore.save_run replaces the .npz before encoding the JSON record, so a result with "
-    "an unencodable value (TypeError from to_jsonable) leaves the old JSON pointing at a new .npz: the previous, "
-    "intact run is no longer current or loadable")(test_6_a_failed_save_leaves_the_previous_run_intact)
-
-
 @pytest.mark.parametrize("content", [
-    pytest.param(_deep_json().encode(), id="deeply-nested", marks=xfail(
-        "analysis/store.py ResultStore.load_summary: a deeply nested summary.json raises RecursionError "
-        "instead of the ValueError naming the file")),
+    pytest.param(_deep_json().encode(), id="deeply-nested"),
     pytest.param(b"\xef\xbb\xbf{}", id="bom"), pytest.param(b"\0", id="nul"),
     pytest.param(b'{"a": NaN}', id="nan-literal")])
 def test_6_odd_summaries_are_a_value_error_or_read(content, tmp_path):

@@ -109,7 +109,12 @@ class TranslationTask:
         if self.max_fertility < 2 and self.p_one_to_many > 0:
             raise ValueError(f"max_fertility must be >= 2 when p_one_to_many > 0, "
                              f"got max_fertility={self.max_fertility}, p_one_to_many={self.p_one_to_many}")
-        self.n_function_words = integer("n_function_words", n_function_words, 0, self.tgt_vocab - 1)
+        self.n_function_words = integer("n_function_words", n_function_words, 0)
+        if self.n_function_words >= self.tgt_vocab:
+            # Both named: with the default n_function_words=2 the caller only passed tgt_vocab.
+            raise ValueError(f"tgt_vocab must exceed n_function_words (at least one target word must be a "
+                             f"lexicon word), got tgt_vocab={self.tgt_vocab}, "
+                             f"n_function_words={self.n_function_words}")
         self.p_function_word = real("p_function_word", p_function_word, low=0.0, high=1.0)
         self.reorder_window = integer("reorder_window", reorder_window, 1)
         self.p_reorder = real("p_reorder", p_reorder, low=0.0, high=1.0)
