@@ -26,6 +26,7 @@ from miniattn._validate import NonFiniteError, bool_array, flag, float_array, in
 
 __all__ = [
     "EmbeddingCache", "embedding_forward", "embedding_backward",
+    "ProjectedLookupCache", "ProjectedLookupGrads", "projected_lookup_forward", "projected_lookup_backward",
     "AttentionCache", "AttentionGrads", "attention_forward", "attention_backward",
     "MultiHeadCache", "MultiHeadGrads", "multihead_attention_forward", "multihead_attention_backward",
     "SoftmaxOutputCache", "SoftmaxOutputGrads", "softmax_output_forward", "softmax_output_backward",
@@ -243,6 +244,129 @@ def embedding_backward(dout, cache: EmbeddingCache) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Projected lookup: (E[ids] + P) W through the vocabulary
+# --------------------------------------------------------------------------------------------------
+
+class ProjectedLookupCache(NamedTuple):
+    used: np.ndarray          #: (U,) int, the distinct ids of the lookup, ascending
+    inverse: np.ndarray       #: (N,) int, position of each looked-up id in ``used`` (N = ids.size)
+    ids_shape: tuple          #: shape of ``ids``, (B, T)
+    used_rows: np.ndarray     #: (U, d) ``E[used]``
+    positions: np.ndarray     #: (T, d)
+    weight: np.ndarray        #: (d, k)
+    table_shape: tuple        #: (V, d)
+
+
+class ProjectedLookupGrads(NamedTuple):
+    table: np.ndarray         #: (V, d)
+    positions: np.ndarray     #: (T, d)
+    weight: np.ndarray        #: (d, k)
+
+
+def projected_lookup_forward(ids, table, positions, weight) -> tuple[np.ndarray, ProjectedLookupCache]:
+    """Project looked-up rows plus positional rows, factored through the rows actually used.
+
+    Equations (``u_1 < … < u_U`` the distinct ids in the batch, ``U ≤ min(V, B·T)``)::
+
+        out[b,t] = (E[ids[b,t]] + P[t]) W  =  (E[u] W)[ids[b,t]] + (P W)[t]
+
+    The right-hand side costs ``(U + T) d k`` multiply-adds instead of the ``B T d k`` of projecting
+    every position: the decoder's queries repeat a few hundred rows thousands of times, so in the
+    seq2seq model this removes most of the score matrix's products from the step. The two sides
+    are equal in exact arithmetic; in floating point they agree to rounding (a sum of two rounded
+    products instead of one product of a rounded sum).
+
+    Parameters
+    ----------
+    ids : int array, shape (B, T)
+        Row ids into ``table``, each in ``[0, V)``.
+    table : float array, shape (V, d)
+        The embedding table ``E``.
+    positions : float array, shape (T, d)
+        The positional rows ``P`` (row t is added at every batch row's position t).
+    weight : float array, shape (d, k)
+        The projection ``W``.
+
+    Returns
+    -------
+    out : array, shape (B, T, k)
+    cache : ProjectedLookupCache
+
+    Raises
+    ------
+    NonFiniteError
+        If the projected rows overflow from finite inputs.
+    """
+    table = float_array("table", table, ndim=2)
+    ids = int_array("ids", ids, upper=table.shape[0], ndim=2)
+    positions = float_array("positions", positions, ndim=2)
+    weight = float_array("weight", weight, ndim=2)
+    B, T = ids.shape
+    d = table.shape[1]
+    if positions.shape != (T, d):
+        raise ValueError(f"positions must have shape (T, d) = {(T, d)}, got {positions.shape}")
+    if weight.shape[0] != d:
+        raise ValueError(f"weight must have shape (d={d}, k), got {weight.shape}")
+    used, inverse = np.unique(ids.reshape(-1), return_inverse=True)
+    used_rows = table[used]
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, in one line
+        rows = used_rows @ weight                                               # (U, k)
+        pos = positions @ weight                                                # (T, k)
+        out = rows[inverse.reshape(ids.shape)]                                  # (B, T, k)
+        out += pos
+    _require_finite("projected lookup (E[ids] + P) W", out)
+    return out, ProjectedLookupCache(used, inverse.reshape(-1), ids.shape, used_rows, positions,
+                                     weight, table.shape)
+
+
+def projected_lookup_backward(dout, cache: ProjectedLookupCache) -> ProjectedLookupGrads:
+    """Backward pass of :func:`projected_lookup_forward`.
+
+    Equations (``D[j] = Σ_{(b,t): ids[b,t] = u_j} dout[b,t]``, ``G = Σ_b dout[b]``)::
+
+        dE[u_j] = D[j] Wᵀ        dP = G Wᵀ        dW = E[u]ᵀ D + Pᵀ G
+
+    The scatter ``D`` is the embedding block's (a sparse selection matrix times ``dout``); every
+    d×k product then has U or T rows, not B·T. Rows of ``dE`` for ids not in the batch are zero.
+
+    Parameters
+    ----------
+    dout : float array, shape (B, T, k)
+    cache : ProjectedLookupCache
+
+    Returns
+    -------
+    ProjectedLookupGrads
+        ``table`` (V, d), ``positions`` (T, d), ``weight`` (d, k).
+
+    Raises
+    ------
+    NonFiniteError
+        If a gradient overflows from finite inputs.
+    """
+    used, inverse, ids_shape, used_rows, positions, weight, (V, d) = cache
+    k = weight.shape[1]
+    dout = float_array("dout", dout, ndim=3)
+    if dout.shape != ids_shape + (k,):
+        raise ValueError(f"dout must have shape {ids_shape + (k,)}, got {dout.shape}")
+    out_dtype = np.result_type(used_rows, dout)
+    select = sparse.csr_array((np.ones(inverse.size, dtype=out_dtype), (inverse, np.arange(inverse.size))),
+                              shape=(used.size, inverse.size))
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, in one line
+        drows = np.asarray(select @ dout.reshape(-1, k), dtype=out_dtype)      # (U, k)
+        dpos = dout.sum(axis=0)                                                 # (T, k)
+        dweight = used_rows.T @ drows
+        dweight += positions.T @ dpos
+        dtable = np.zeros((V, d), dtype=out_dtype)
+        dtable[used] = drows @ weight.T
+        dpositions = dpos @ weight.T
+    _require_finite("gradient of the projected lookup's table", dtable)
+    _require_finite("gradient of the projected lookup's positions", dpositions)
+    _require_finite("gradient of the projected lookup's weight", dweight)
+    return ProjectedLookupGrads(dtable, dpositions, dweight)
+
+
+# --------------------------------------------------------------------------------------------------
 # Single-head attention
 # --------------------------------------------------------------------------------------------------
 
@@ -431,19 +555,19 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
 
 class MultiHeadCache(NamedTuple):
     head_cache: AttentionCache   #: dot-product single-head cache, heads folded into the query axis (B, T·H, ·)
-    queries: np.ndarray          #: (B, T, dq)
+    queries: np.ndarray          #: (B, T, dq), or (B, T, H, dk) already projected
     values: np.ndarray           #: (B, S, dv)
-    score_matrices: np.ndarray   #: (H, dq, dk)
+    score_matrices: np.ndarray | None   #: (H, dq, dk), or None (queries already projected)
     value_matrices: np.ndarray   #: (H, dv, do)
     weights: np.ndarray          #: (H, B, T, S) attention of each head (a view of head_cache.weights)
     head_contexts: np.ndarray    #: (B·T, H·dv) alpha_h V of every head, side by side
 
 
 class MultiHeadGrads(NamedTuple):
-    queries: np.ndarray          #: (B, T, dq)
+    queries: np.ndarray          #: (B, T, dq), or (B, T, H, dk) without score matrices
     keys: np.ndarray             #: (B, S, dk)
     values: np.ndarray           #: (B, S, dv)
-    score_matrices: np.ndarray   #: (H, dq, dk)
+    score_matrices: np.ndarray | None   #: (H, dq, dk), or None
     value_matrices: np.ndarray   #: (H, dv, do)
 
 
@@ -465,10 +589,13 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
 
     Parameters
     ----------
-    queries : float array, shape (B, T, dq)
+    queries : float array, shape (B, T, dq), or (B, T, H, dk) without ``score_matrices``
     keys : float array, shape (B, S, dk)
     values : float array, shape (B, S, dv)
-    score_matrices : float array, shape (H, dq, dk)
+    score_matrices : float array, shape (H, dq, dk), or None
+        None: dot-product heads, ``queries[:, :, h]`` being head h's already projected queries
+        (``Q W_h`` computed by the caller, e.g. :func:`projected_lookup_forward`); the backward pass
+        then returns their gradient (B, T, H, dk) and no score-matrix gradient.
     value_matrices : float array, shape (H, dv, do)
     mask : bool array, shape (B, S), optional
     uniform : bool
@@ -486,19 +613,25 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
         If finite inputs overflow (attention scores, or the context).
     """
     uniform = flag("uniform", uniform)
-    queries = float_array("queries", queries, ndim=3)
+    queries = float_array("queries", queries, ndim=4 if score_matrices is None else 3)
     keys = float_array("keys", keys, ndim=3)
     values = float_array("values", values, ndim=3)
-    Ws = float_array("score_matrices", score_matrices, ndim=3)
+    Ws = None if score_matrices is None else float_array("score_matrices", score_matrices, ndim=3)
     Ps = float_array("value_matrices", value_matrices, ndim=3)
-    H = Ws.shape[0]
-    if Ps.shape[0] != H:
-        raise ValueError(f"score_matrices and value_matrices must have the same number of heads; "
-                         f"got {Ws.shape[0]} and {Ps.shape[0]}")
-    B, T, dq = queries.shape
-    dk = keys.shape[2]
-    if Ws.shape[1:] != (dq, dk):
-        raise ValueError(f"score_matrices must have shape (H, dq, dk) = {(H, dq, dk)}, got {Ws.shape}")
+    H, dk = Ps.shape[0], keys.shape[2]
+    B, T = queries.shape[:2]
+    if Ws is None:
+        # Queries already projected per head (dot-product heads): (B, T, H, dk).
+        if queries.shape[2:] != (H, dk):
+            raise ValueError(f"without score_matrices, queries must have shape (B, T, H, dk) = "
+                             f"(B, T, {H}, {dk}) (H from value_matrices), got {queries.shape}")
+    else:
+        if Ws.shape[0] != H:
+            raise ValueError(f"score_matrices and value_matrices must have the same number of heads; "
+                             f"got {Ws.shape[0]} and {Ps.shape[0]}")
+        dq = queries.shape[2]
+        if Ws.shape[1:] != (dq, dk):
+            raise ValueError(f"score_matrices must have shape (H, dq, dk) = {(H, dq, dk)}, got {Ws.shape}")
     dv, do = values.shape[2], Ps.shape[2]
     if Ps.shape[1] != dv:
         raise ValueError(f"value_matrices must have shape (H, dv={dv}, do), got {Ps.shape}")
@@ -507,9 +640,12 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
                          f"keys {keys.shape}, values {values.shape}")
     S = keys.shape[1]
     mask = None if mask is None else _key_mask(mask, B, S)
-    w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq, H * dk)      # [W_1 … W_H]
-    # Row t·H + h of the folded queries is Q[t] W_h: the GEMM's (B·T, H·dk) output reshaped for free.
-    projected = (queries.reshape(B * T, dq) @ w_cat).reshape(B, T * H, dk)
+    if Ws is None:
+        projected = queries.reshape(B, T * H, dk)            # row t·H + h is head h at position t
+    else:
+        w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq, H * dk)      # [W_1 … W_H]
+        # Row t·H + h of the folded queries is Q[t] W_h: the GEMM's (B·T, H·dk) output reshaped for free.
+        projected = (queries.reshape(B * T, dq) @ w_cat).reshape(B, T * H, dk)
     head_context, head_cache = _attention_core(projected, keys, values, mask, uniform, projected, None)
     head_contexts = head_context.reshape(B * T, H * dv)                           # [alpha_1 V, …]
     p_cat = Ps.reshape(H * dv, do) / H                                            # [P_1; …; P_H] / H
@@ -546,7 +682,7 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
     """
     head_cache, q, v, Ws, Ps, weights, head_contexts = cache
     H, B, T, S = weights.shape
-    dq_dim, dk, dv, do = q.shape[2], Ws.shape[2], v.shape[2], Ps.shape[2]
+    dk, dv, do = head_cache.keys.shape[2], v.shape[2], Ps.shape[2]
     dcontext = float_array("dcontext", dcontext, ndim=3)
     if dcontext.shape != (B, T, do):
         raise ValueError(f"dcontext must have shape {(B, T, do)}, got {dcontext.shape}")
@@ -560,14 +696,19 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
     if dscores is None:   # uniform twin: scores are constants
         dtype = np.result_type(q, dcontext)
         dkeys = np.zeros(head_cache.keys.shape, dtype=np.result_type(head_cache.keys, dcontext))
-        return MultiHeadGrads(np.zeros(q.shape, dtype=dtype), dkeys, dvalues,
-                              np.zeros(Ws.shape, dtype=np.result_type(Ws, dcontext)), dPs)
+        dWs = None if Ws is None else np.zeros(Ws.shape, dtype=np.result_type(Ws, dcontext))
+        return MultiHeadGrads(np.zeros(q.shape, dtype=dtype), dkeys, dvalues, dWs, dPs)
     dkeys = dscores.transpose(0, 2, 1) @ head_cache.projected_queries
+    _require_finite("gradient of the attention keys", dkeys)
     dprojected = (dscores @ head_cache.keys).reshape(B * T, H * dk)
+    if Ws is None:
+        dq = dprojected.reshape(B, T, H, dk)
+        _require_finite("gradient of the attention queries", dq)
+        return MultiHeadGrads(dq, dkeys, dvalues, None, dPs)
+    dq_dim = q.shape[2]
     w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq_dim, H * dk)    # [W_1 … W_H]
     dq = (dprojected @ w_cat.T).reshape(B, T, dq_dim)
     dWs = np.ascontiguousarray((q.reshape(B * T, dq_dim).T @ dprojected).reshape(dq_dim, H, dk).transpose(1, 0, 2))
-    _require_finite("gradient of the attention keys", dkeys)
     _require_finite("gradient of the attention queries", dq)
     _require_finite("gradient of the score matrices", dWs)
     return MultiHeadGrads(dq, dkeys, dvalues, dWs, dPs)

@@ -6,14 +6,16 @@ The encoder state of a source position is its token embedding plus a learned pos
 the decoder state of an output position is the embedding of the previous gold token (teacher forcing)
 plus a positional embedding. Each decoder state attends over the encoder states with a bilinear
 ("general") score, and the output is an affine softmax of the decoder state concatenated with the
-context. Composed from :mod:`miniattn.layers` (``embedding_*``, ``attention_*`` or
-``multihead_attention_*``, ``softmax_output_*``).
+context. Composed from :mod:`miniattn.layers` (``embedding_*``, ``projected_lookup_*``,
+``attention_*`` or ``multihead_attention_*``, ``softmax_output_*``).
 
 Equations (one example; source x_1..x_S with mask m, decoder inputs y_0..y_{T−1})::
 
     h_s       = E_src[x_s] + P_src[s]                         encoder states (B, S, d)
     q_t       = E_tgt[y_{t−1}] + P_tgt[t]                     decoder states (B, T, d)
     score_ts  = q_t W_a h_s                                   (uniform twin: score := 0)
+                q_t W_a computed as (E_tgt W_a)[y_{t−1}] + (P_tgt W_a)[t] over the batch's distinct
+                ids (:func:`miniattn.layers.projected_lookup_forward`)
     α_t       = softmax over {s : m_s} of score_t·
     v_s       = h_s            or  h_s W_v   (value_projection)
     c_t       = Σ_s α_ts v_s
@@ -49,8 +51,8 @@ import numpy as np
 
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
                              embedding_forward, log_softmax, multihead_attention_backward,
-                             multihead_attention_forward, softmax_output_backward,
-                             softmax_output_forward)
+                             multihead_attention_forward, projected_lookup_backward,
+                             projected_lookup_forward, softmax_output_backward, softmax_output_forward)
 from miniattn.models.base import (ForwardResult, check_flag, check_scale, check_seq2seq_batch, check_size,
                                   check_source_scale)
 
@@ -207,17 +209,23 @@ class Seq2SeqAttention:
         emb_tgt, cache_tgt = embedding_forward(target_in, tgt_table)
         # q is written straight into the first half of [q ; c] (a view), so assembling the output
         # layer's input copies only the context — one (B, T, d) pass fewer than np.concatenate.
-        d = self.dim
+        d, H = self.dim, self.heads
         hidden = np.empty(emb_tgt.shape[:-1] + (2 * d,), dtype=np.result_type(emb_tgt, p["tgt_pos"]))
         q = np.add(emb_tgt, p["tgt_pos"][:T], out=hidden[..., :d])   # (B, T, d)
-        if self.heads == 1:
+        # The score matrix meets q only through q W_a, and q is a lookup plus a position: factoring
+        # (E[y] + P[t]) W_a through the distinct ids of the batch does its d×d work on a few hundred
+        # rows instead of B·T (docs/EQUATIONS.md §1.8). One head: W_a (d, d); H heads: [W_1 … W_H].
+        w = p["score"] if H == 1 else np.ascontiguousarray(p["score"].transpose(1, 0, 2)).reshape(d, H * d)
+        projected, cache_proj = projected_lookup_forward(target_in, tgt_table, p["tgt_pos"][:T], w)
+        if H == 1:
             values = h @ p["value"] if self.value_projection else h
-            context, att = attention_forward(q, h, values, p["score"], mask=source_mask, uniform=self.uniform)
+            context, att = attention_forward(projected, h, values, None, mask=source_mask, uniform=self.uniform)
         else:
-            context, att = multihead_attention_forward(q, h, h, p["score"], self._value_matrices(),
+            context, att = multihead_attention_forward(projected.reshape(projected.shape[:2] + (H, d)), h, h,
+                                                       None, self._value_matrices(),
                                                        mask=source_mask, uniform=self.uniform)
         hidden[..., d:] = context
-        return hidden, (cache_src, cache_tgt, h, q, att)
+        return hidden, (cache_src, cache_tgt, cache_proj, h, q, att)
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, batch, *, source_scale=None) -> ForwardResult:
@@ -238,16 +246,18 @@ class Seq2SeqAttention:
         """
         source, source_mask, target_in, _, _ = self._check_batch(batch, need_targets=False)
         scale = check_source_scale(source_scale, source.shape, self.dtype)
-        hidden, (_, _, _, _, att) = self._hidden(source, source_mask, target_in, scale)
+        hidden, (_, _, _, _, _, att) = self._hidden(source, source_mask, target_in, scale)
         log_probs = log_softmax(hidden @ self.params["out_W"] + self.params["out_b"])
         return ForwardResult(log_probs, att.weights)
 
     def loss_and_grads(self, batch) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy over the counted targets and its gradient for every parameter.
 
-        Backward chain: softmax output → split ``[dq ; dc]`` → attention backward (queries, keys,
-        values, score and value matrices) → positional tables (sum over the batch) and embedding
-        tables (scatter-add; a shared table receives both the source and the target gradient).
+        Backward chain: softmax output → split ``[dq ; dc]`` → attention backward (projected queries,
+        keys, values, value matrices) → projected lookup backward (score matrices, and the queries'
+        share of the target table and positions) → positional tables (sum over the batch) and
+        embedding tables (scatter-add; a shared table receives both the source and the target
+        gradient).
 
         Returns
         -------
@@ -256,33 +266,38 @@ class Seq2SeqAttention:
         """
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
         p, d = self.params, self.dim
-        hidden, (cache_src, cache_tgt, h, _, att) = self._hidden(source, source_mask, target_in)
+        hidden, (cache_src, cache_tgt, cache_proj, h, _, att) = self._hidden(source, source_mask, target_in)
         loss, out_cache = softmax_output_forward(hidden, p["out_W"], p["out_b"], target_out, target_mask)
         g_out = softmax_output_backward(1.0, out_cache)
         dq, dcontext = g_out.hidden[..., :d], g_out.hidden[..., d:]
         grads = {"out_W": g_out.weight, "out_b": g_out.bias}
-        if self.heads == 1:
+        H = self.heads
+        if H == 1:
             g = attention_backward(dcontext, att)
-            grads["score"] = g.score_matrix
             if self.value_projection:
                 grads["value"] = h.reshape(-1, d).T @ g.values.reshape(-1, d)
                 dh = g.keys + g.values @ p["value"].T
             else:
                 dh = np.add(g.keys, g.values, out=g.keys)     # g.keys is ours: add in place
+            dprojected = g.queries
         else:
             g = multihead_attention_backward(dcontext, att)
-            grads["score"] = g.score_matrices
             if self.value_projection:
                 grads["value"] = g.value_matrices
             dh = np.add(g.keys, g.values, out=g.keys)
-        dq = np.add(g.queries, dq, out=g.queries)   # = dq + g.queries exactly (IEEE + commutes); no new array
+            dprojected = g.queries.reshape(g.queries.shape[:2] + (H * d,))
+        # Through the projected lookup: the score matrix, and the query's share of the target table
+        # and positions (d×d products over the batch's distinct ids only).
+        gp = projected_lookup_backward(dprojected, cache_proj)
+        grads["score"] = gp.weight if H == 1 else np.ascontiguousarray(gp.weight.reshape(d, H, d).transpose(1, 0, 2))
         S, T = source.shape[1], target_in.shape[1]
         grads["src_pos"] = np.zeros_like(p["src_pos"], dtype=dh.dtype)
         grads["src_pos"][:S] = dh.sum(axis=0)
         grads["tgt_pos"] = np.zeros_like(p["tgt_pos"], dtype=dq.dtype)
-        grads["tgt_pos"][:T] = dq.sum(axis=0)
+        grads["tgt_pos"][:T] = dq.sum(axis=0) + gp.positions
         d_src_table = embedding_backward(dh, cache_src)
         d_tgt_table = embedding_backward(dq, cache_tgt)
+        d_tgt_table += gp.table
         if self.shared_embeddings:
             grads["embed"] = d_src_table + d_tgt_table
         else:
@@ -306,7 +321,7 @@ class Seq2SeqAttention:
         """
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
         p, d = self.params, self.dim
-        _, (_, _, h, q, _) = self._hidden(source, source_mask, target_in)
+        _, (_, _, _, h, q, _) = self._hidden(source, source_mask, target_in)
         if self.value_projection:
             P = p["value"] if self.heads == 1 else p["value"].mean(axis=0)
             v = h @ P
@@ -341,7 +356,7 @@ class Seq2SeqAttention:
         """
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
         p, d = self.params, self.dim
-        hidden, (_, _, h, _, att) = self._hidden(source, source_mask, target_in)
+        hidden, (_, _, _, h, _, att) = self._hidden(source, source_mask, target_in)
         # onehot(y) − p, the gradient of log p(y) with respect to the logits
         dlogits = -np.exp(log_softmax(hidden @ p["out_W"] + p["out_b"]))
         np.put_along_axis(dlogits, target_out[..., None],
