@@ -115,10 +115,23 @@ class JaxBatch(NamedTuple):
     target_mask: object     #: (B, T) bool, True = counted
 
 
-def _model_loss(shared: bool, multihead: bool, value_projection: bool, uniform: bool):
-    """The pure loss function ``loss(params, batch)`` of the configuration (jnp operations only)."""
+def _model_loss(shared: bool, multihead: bool, value_projection: bool, uniform: bool, factored: bool = False):
+    """The pure loss function ``loss(params, batch)`` of the configuration (jnp operations only).
+
+    ``factored``: the queries' score projections computed through the vocabulary, as miniattn does,
+    ``(E_tgt W)[y] + (P_tgt W)[t]`` with the whole table (a jitted function has static shapes, so
+    the batch's distinct ids cannot be selected); autodiff turns the gather into a scatter-add.
+    """
     jax = _require_jax()
     jnp = jax.numpy
+
+    def projections(p, tgt_table, target_in, T, q):
+        """(B, T, k) projected queries: q W (one head) or q [W_1 … W_H] (heads), k = H·d."""
+        d = q.shape[-1]
+        W = (jnp.transpose(p["score"], (1, 0, 2)).reshape(d, -1) if multihead else p["score"])
+        if factored:
+            return (tgt_table @ W)[target_in] + (p["tgt_pos"][:T] @ W)
+        return q @ W
 
     def loss(p, b: JaxBatch):
         src_table = p["embed"] if shared else p["src_embed"]
@@ -134,7 +147,11 @@ def _model_loss(shared: bool, multihead: bool, value_projection: bool, uniform: 
             if uniform:
                 scores = jnp.zeros((H, B, T, S), dtype=q.dtype)
             else:
-                projected = jnp.matmul(q.reshape(B * T, d), p["score"]).reshape(H, B, T, d)
+                if factored:
+                    projected = jnp.transpose(projections(p, tgt_table, b.target_in, T, q).reshape(B, T, H, d),
+                                              (2, 0, 1, 3))
+                else:
+                    projected = jnp.matmul(q.reshape(B * T, d), p["score"]).reshape(H, B, T, d)
                 scores = jnp.matmul(projected, jnp.swapaxes(h, 1, 2))  # (H, B, T, S)
             alpha = jax.nn.softmax(jnp.where(b.source_mask[None, :, None, :], scores, neg_inf), axis=-1)
             if value_projection:
@@ -146,7 +163,7 @@ def _model_loss(shared: bool, multihead: bool, value_projection: bool, uniform: 
             if uniform:
                 scores = jnp.zeros((B, T, S), dtype=q.dtype)
             else:
-                scores = jnp.matmul(q @ p["score"], jnp.swapaxes(h, 1, 2))
+                scores = jnp.matmul(projections(p, tgt_table, b.target_in, T, q), jnp.swapaxes(h, 1, 2))
             alpha = jax.nn.softmax(jnp.where(b.source_mask[:, None, :], scores, neg_inf), axis=-1)
             values = h @ p["value"] if value_projection else h
             context = jnp.matmul(alpha, values)
@@ -169,11 +186,14 @@ class JaxSeq2Seq:
         (d, d) for one head, (H, d, d) for heads). Copied; all float32 or all float64.
     uniform : bool
         Uniform-attention twin (scores forced to 0).
+    factored : bool
+        Compute ``q W_a`` through the vocabulary, the algorithm miniattn uses (the "same algorithm"
+        peer); False is the model as a JAX user would first write it.
     lr, betas, eps : Adam settings (defaults of :class:`miniattn.optim.Adam`).
     """
 
-    def __init__(self, params: dict[str, np.ndarray], *, uniform: bool = False, lr: float = 1e-3,
-                 betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: dict[str, np.ndarray], *, uniform: bool = False, factored: bool = False,
+                 lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
         jax = _require_jax()
         jnp = jax.numpy
         score_shape, self.dtype = check_twin_params(params)
@@ -181,13 +201,14 @@ class JaxSeq2Seq:
         self.heads = int(score_shape[0]) if self.multihead else 1
         self.names = list(params)
         self.uniform = bool(uniform)
+        self.factored = bool(factored)
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         # jnp.array copies (and keeps the dtype, float64 included: x64 is on).
         self.params = {k: jnp.array(np.asarray(v)) for k, v in params.items()}
         self.m = {k: jnp.zeros_like(v) for k, v in self.params.items()}
         self.v = {k: jnp.zeros_like(v) for k, v in self.params.items()}
         self.t = 0
-        loss = _model_loss("embed" in params, self.multihead, "value" in params, self.uniform)
+        loss = _model_loss("embed" in params, self.multihead, "value" in params, self.uniform, self.factored)
         self._value_and_grad = jax.jit(jax.value_and_grad(loss))
         b1, b2 = self.betas
         lr_, eps_ = self.lr, self.eps
@@ -203,9 +224,9 @@ class JaxSeq2Seq:
         self._train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
 
     @classmethod
-    def from_numpy(cls, model, **adam) -> "JaxSeq2Seq":
+    def from_numpy(cls, model, *, factored: bool = False, **adam) -> "JaxSeq2Seq":
         """Twin of a :class:`~miniattn.models.seq2seq.Seq2SeqAttention`, same parameters."""
-        twin = cls(model.params, uniform=model.uniform, **adam)
+        twin = cls(model.params, uniform=model.uniform, factored=factored, **adam)
         if twin.heads != getattr(model, "heads", 1):
             raise ValueError(f"model.heads = {model.heads} but params['score'] has shape "
                              f"{np.shape(model.params['score'])}")

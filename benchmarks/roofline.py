@@ -12,7 +12,16 @@ classes, H heads); every product of an (m, k) by a (k, n) matrix costs 2mkn, for
 
 so a single head without value projection costs ``6BTd² + 12BTSd + 12BTdC`` (the count of
 :func:`benchmarks.scaling.step_flops`) and the default 8-head model (value projections on)
-``8 (6BTd² + 6BSd² + 12BTSd) + 12BTdC``. Softmaxes, the embedding scatter-add, the positional sums and
+``8 (6BTd² + 6BSd² + 12BTSd) + 12BTdC``. These are the *model's* FLOPs: what the PyTorch and JAX
+twins execute, and the work a step stands for whatever its algorithm.
+
+miniattn executes fewer: it computes ``q W_a`` through the vocabulary (docs/EQUATIONS.md §1.8),
+``(E W_a)[y] + (P W_a)[t]`` over the U distinct decoder-input ids of the batch, so the three
+``BTd²`` products per head become ``(U + T)d²`` ones (forward ``(U + T)``, dW_a ``(U + T)``, dE ``U``,
+dP ``T`` rows): ``6(U + T)d²`` per head instead of ``6BTd²`` (``step_flops(..., distinct=U)``).
+Two fractions follow: the *executed* FLOPs' rate against the GEMM rate (how busy the multiply units
+are) and the *model* FLOPs' rate against it (model-FLOP utilisation, which credits an algorithm that
+skips work; it can exceed 100%). Softmaxes, the embedding scatter-add, the positional sums and
 Adam are not counted: the fraction of the GEMM rate is a lower bound on how busy the multiply units are.
 
 The rate it is compared with is measured here (:func:`gemm_rate`): one large square GEMM (n = 2048)
@@ -43,16 +52,19 @@ def _positive_int(name: str, value) -> int:
 
 
 def step_flops(batch_size: int, target_length: int, source_length: int, dim: int, classes: int, *,
-               heads: int = 1, value_projection: bool | None = None) -> int:
+               heads: int = 1, value_projection: bool | None = None, distinct: int | None = None) -> int:
     """Matmul FLOPs of one training step (forward and backward GEMMs; see the module docstring).
 
     ``value_projection`` defaults to the model's default: on for ``heads > 1``, off for one head.
+    ``distinct``: count ``q W_a`` factored through that many distinct decoder-input ids (miniattn's
+    executed FLOPs); None counts it for every position (the model's FLOPs, the twins' count).
     """
     B, T, S, d, C, H = (_positive_int(n, v) for n, v in (
         ("batch_size", batch_size), ("target_length", target_length), ("source_length", source_length),
         ("dim", dim), ("classes", classes), ("heads", heads)))
     vp = (H > 1) if value_projection is None else bool(value_projection)
-    per_head = 6 * B * T * d * d + 12 * B * T * S * d + (6 * B * S * d * d if vp else 0)
+    query_rows = B * T if distinct is None else _positive_int("distinct", distinct) + T
+    per_head = 6 * query_rows * d * d + 12 * B * T * S * d + (6 * B * S * d * d if vp else 0)
     return H * per_head + 12 * B * T * d * C
 
 
@@ -69,7 +81,12 @@ def gemm_rate(dtype="float64", *, n: int = 2048, threads: int = 1, reps: int = 5
 
 
 def roofline_rows(timings, rates: dict, *, vocab: int = 60) -> list[dict]:
-    """One row per timed cell: FLOPs, GFLOP/s and fraction of the GEMM rate of that dtype.
+    """One row per timed cell: FLOPs, GFLOP/s and fractions of the GEMM rate of that dtype.
+
+    ``flops`` is the model's count (unfactored; executed by the PyTorch and JAX twins), ``flops_executed``
+    miniattn's (and the factored twins'), with U = V + 1 distinct decoder inputs (<bos> and the V
+    content ids; a copy batch of 128 rows of 40 of 60 ids contains all of them). Per implementation:
+    ``fraction`` = executed FLOPs / time / GEMM rate, ``model_fraction`` = model FLOPs / time / rate.
 
     Parameters
     ----------
@@ -80,17 +97,21 @@ def roofline_rows(timings, rates: dict, *, vocab: int = 60) -> list[dict]:
     """
     rows = []
     for t in timings:
-        flops = step_flops(t.batch_size, t.length + 1, t.length + 1, t.dim, vocab + 3, heads=t.heads)
+        shape = (t.batch_size, t.length + 1, t.length + 1, t.dim, vocab + 3)
+        flops = step_flops(*shape, heads=t.heads)
+        factored = step_flops(*shape, heads=t.heads, distinct=min(vocab + 1, t.batch_size * (t.length + 1)))
         peak = rates[t.dtype].median
         row = {"heads": t.heads, "dtype": t.dtype, "dim": t.dim, "batch_size": t.batch_size, "length": t.length,
-               "flops": flops, "peak_gflops": peak}
-        for name in ("numpy", "torch", "jax"):
-            s = getattr(t, name)
+               "flops": flops, "flops_executed": factored, "peak_gflops": peak}
+        for name, executed in (("numpy", factored), ("torch", flops), ("jax", flops),
+                               ("torch_factored", factored), ("jax_factored", factored)):
+            s = getattr(t, name, None)
             if s is None:
                 row[name] = None
                 continue
-            g = flops / s.median / 1e9
-            row[name] = {"seconds": s.median, "gflops": g, "fraction": g / peak}
+            g = executed / s.median / 1e9
+            row[name] = {"seconds": s.median, "gflops": g, "fraction": g / peak,
+                         "model_fraction": flops / s.median / 1e9 / peak}
         rows.append(row)
     return rows
 
@@ -101,15 +122,21 @@ def format_roofline(rows: list[dict], rates: dict, threads: int | None = None) -
     lines = [f"Single-thread GEMM rate (NumPy, 2048×2048): {head}."
              + (f" Steps timed with {threads} thread(s); with 2 threads the attainable rate is up to 2×, "
                 "so a fraction above 100% is possible there." if threads and threads > 1 else ""), "",
-             "| heads | dtype | d | matmul GFLOP per step | NumPy GFLOP/s | NumPy % of 1-thread GEMM | "
-             "PyTorch % | JAX % |", "|---|---|---|---|---|---|---|---|"]
+             "Executed: the FLOPs each implementation performs (miniattn and the factored twins compute q W_a "
+             "through the vocabulary); model: the unfactored count, the same for all (model-FLOP utilisation).", "",
+             "| heads | dtype | d | model GFLOP per step | executed by NumPy | NumPy GFLOP/s executed | "
+             "NumPy % of 1-thread GEMM, executed | NumPy %, model | PyTorch % | JAX % | "
+             "PyTorch (factored) %, executed | JAX (factored) %, executed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def pct(x):
-        return "—" if x is None else f"{100 * x['fraction']:.0f}%"
+    def pct(x, key="fraction"):
+        return "—" if x is None else f"{100 * x[key]:.0f}%"
 
     for r in rows:
         lines.append(f"| {r['heads']} | {r['dtype']} | {r['dim']} | {r['flops'] / 1e9:.2f} | "
-                     f"{r['numpy']['gflops']:.1f} | **{pct(r['numpy'])}** | {pct(r['torch'])} | {pct(r['jax'])} |")
+                     f"{r['flops_executed'] / 1e9:.2f} | {r['numpy']['gflops']:.1f} | **{pct(r['numpy'])}** | "
+                     f"{pct(r['numpy'], 'model_fraction')} | {pct(r['torch'])} | {pct(r['jax'])} | "
+                     f"{pct(r.get('torch_factored'))} | {pct(r.get('jax_factored'))} |")
     return "\n".join(lines)
 
 
@@ -117,18 +144,21 @@ def format_roofline(rows: list[dict], rates: dict, threads: int | None = None) -
 # Where the time goes
 # --------------------------------------------------------------------------------------------------
 
-def _single_head_gemms(B: int, T: int, S: int, d: int, C: int, dtype, rng) -> list[tuple[str, object]]:
+def _single_head_gemms(B: int, T: int, S: int, d: int, C: int, dtype, rng, U: int) -> list[tuple[str, object]]:
     """The GEMMs of one single-head step (no value projection) as closures over random operands, with
-    the layouts the model uses (flat (B·T, d) products for W_a, stacked (B, T, ·) products elsewhere)."""
+    the layouts the model uses (q W_a through the U distinct decoder inputs, stacked (B, T, ·) products
+    elsewhere)."""
     def r(*shape):
         return rng.standard_normal(shape).astype(dtype)
 
-    q, k, dc, qW, dP = r(B, T, d), r(B, S, d), r(B, T, d), r(B, T, d), r(B, T, d)
+    k, dc, qW = r(B, S, d), r(B, T, d), r(B, T, d)
+    Eu, P, D, G = r(U, d), r(T, d), r(U, d), r(T, d)
     alpha, ds = r(B, T, S), r(B, T, S)
     W, hid, Wo, dlog = r(d, d), r(B, T, 2 * d), r(2 * d, C), r(B, T, C)
     WoT = np.ascontiguousarray(Wo.T)
     return [
-        ("fwd  q W_a (B·T, d)(d, d)", lambda: q.reshape(-1, d) @ W),
+        ("fwd  E[u] W_a (U, d)(d, d)", lambda: Eu @ W),
+        ("fwd  P W_a (T, d)(d, d)", lambda: P @ W),
         ("fwd  scores (q W_a) hᵀ", lambda: qW @ k.transpose(0, 2, 1)),
         ("fwd  context α h", lambda: alpha @ k),
         ("fwd  logits [q ; c] W_o", lambda: hid @ Wo),
@@ -138,8 +168,9 @@ def _single_head_gemms(B: int, T: int, S: int, d: int, C: int, dtype, rng) -> li
         ("bwd  dα = dc Vᵀ", lambda: dc @ k.transpose(0, 2, 1)),
         ("bwd  dK = dscoresᵀ (q W_a)", lambda: ds.transpose(0, 2, 1) @ qW),
         ("bwd  d(q W_a) = dscores K", lambda: ds @ k),
-        ("bwd  dq = d(q W_a) W_aᵀ", lambda: dP.reshape(-1, d) @ W.T),
-        ("bwd  dW_a = qᵀ d(q W_a)", lambda: q.reshape(-1, d).T @ dP.reshape(-1, d)),
+        ("bwd  dE[u] = D W_aᵀ (U rows)", lambda: D @ W.T),
+        ("bwd  dP = G W_aᵀ (T rows)", lambda: G @ W.T),
+        ("bwd  dW_a = E[u]ᵀ D + Pᵀ G", lambda: Eu.T @ D + P.T @ G),
     ]
 
 
@@ -152,8 +183,8 @@ def gemm_replay(dim: int = 64, dtype="float32", *, batch_size: int = 128, length
     """
     B, L, d = (_positive_int(n, v) for n, v in (("batch_size", batch_size), ("length", length), ("dim", dim)))
     T = S = L + 1
-    gemms = _single_head_gemms(B, T, S, d, _positive_int("vocab", vocab) + 3, np.dtype(dtype),
-                               np.random.default_rng(0))
+    V = _positive_int("vocab", vocab)
+    gemms = _single_head_gemms(B, T, S, d, V + 3, np.dtype(dtype), np.random.default_rng(0), min(V + 1, B * T))
     times = time_interleaved(dict(gemms), reps=reps, warmup=2)
     out = [(name, float(np.median(times[name]))) for name, _ in gemms]
     return {"gemms": out, "total": float(sum(t for _, t in out))}
@@ -177,11 +208,13 @@ class Profile(NamedTuple):
 #: The model's phases: (label, function name in cProfile's stats, file suffix).
 _PHASES = [("validate the batch (Seq2SeqAttention._check_batch)", "_check_batch", "seq2seq.py"),
            ("embedding lookups", "embedding_forward", "layers.py"),
+           ("projected lookup forward ((E[u] W_a)[y] + (P W_a)[t])", "projected_lookup_forward", "layers.py"),
+           ("projected lookup backward (scatter + small GEMMs)", "projected_lookup_backward", "layers.py"),
            ("attention forward (GEMMs + masked softmax)", "attention_forward", "layers.py"),
            ("  of which masked softmax", "masked_softmax", "layers.py"),
            ("output layer forward (GEMM + log-softmax + loss)", "softmax_output_forward", "layers.py"),
            ("output layer backward (2 GEMMs + dlogits)", "softmax_output_backward", "layers.py"),
-           ("attention backward (6 GEMMs + softmax backward)", "attention_backward", "layers.py"),
+           ("attention backward (4 GEMMs + softmax backward)", "attention_backward", "layers.py"),
            ("embedding backward (CSR scatter-add)", "embedding_backward", "layers.py"),
            ("multi-head forward (projection GEMMs + heads folded into queries)", "multihead_attention_forward", "layers.py"),
            ("multi-head backward", "multihead_attention_backward", "layers.py"),
@@ -222,7 +255,8 @@ def profile_step(dim: int = 64, dtype="float32", *, heads: int = 1, steps: int =
     own = sorted(((f"{n} ({f.rsplit('/', 1)[-1]}:{line})" if not f.startswith("~") else n, v[2] / steps,
                    v[1] / steps) for (f, line, n), v in stats.items()), key=lambda x: -x[1])[:top]
     L = length
-    flops = step_flops(batch_size, L + 1, L + 1, dim, vocab + 3, heads=heads)
+    flops = step_flops(batch_size, L + 1, L + 1, dim, vocab + 3, heads=heads,
+                       distinct=min(vocab + 1, batch_size * (L + 1)))      # executed (factored) FLOPs
     rate = gemm_rate_gflops if gemm_rate_gflops is not None else gemm_rate(dtype, threads=1).median
     gemm = gemm_replay(dim, dtype, batch_size=batch_size, length=length, vocab=vocab,
                        reps=replay_reps) if heads == 1 else None
@@ -235,7 +269,7 @@ def format_profile(p: Profile) -> str:
     ms = 1e3
     rate = p.gemm_rate
     lines = [f"Profile of the NumPy step, H={p.heads}, {p.dtype}, d={p.dim} (cProfile over {p.steps} steps; "
-             f"plain step {ms * p.step_seconds:.1f} ms; {p.flops / 1e9:.3f} matmul GFLOP, "
+             f"plain step {ms * p.step_seconds:.1f} ms; {p.flops / 1e9:.3f} matmul GFLOP executed, "
              f"{ms * p.flops / (rate * 1e9):.1f} ms at the single-thread GEMM rate {rate:.1f} GFLOP/s).", "",
              "| phase (cumulative, per step) | ms |", "|---|---|"]
     lines += [f"| {label} | {ms * t:.2f} |" for label, t in p.phases]
@@ -244,7 +278,7 @@ def format_profile(p: Profile) -> str:
     if p.gemm is not None:
         lines += ["", "| GEMM of the step, alone at the model's shape | ms |", "|---|---|"]
         lines += [f"| {name} | {ms * t:.3f} |" for name, t in p.gemm["gemms"]]
-        lines += [f"| **all 12 GEMMs** | **{ms * p.gemm['total']:.2f}** |", "",
+        lines += [f"| **all {len(p.gemm['gemms'])} GEMMs** | **{ms * p.gemm['total']:.2f}** |", "",
                   f"GEMMs alone: {ms * p.gemm['total']:.2f} ms = {100 * p.gemm['total'] / p.step_seconds:.0f}% of "
                   f"the step ({p.flops / p.gemm['total'] / 1e9:.1f} GFLOP/s on these shapes, "
                   f"{100 * p.flops / p.gemm['total'] / 1e9 / rate:.0f}% of the big-GEMM rate); "

@@ -55,11 +55,14 @@ class Setup(NamedTuple):
     twin_batch: object            #: benchmarks.torch_seq2seq.TorchBatch or None
     jax_twin: JaxSeq2Seq | None = None     #: carries its own Adam state
     jax_batch: object = None               #: benchmarks.jax_seq2seq.JaxBatch or None
+    twin_factored: TorchSeq2Seq | None = None      #: PyTorch with q W_a through the vocabulary
+    twin_factored_optimizer: object = None
+    jax_twin_factored: JaxSeq2Seq | None = None    #: JAX with q W_a through the vocabulary
 
 
 def make_setup(dim: int, dtype="float64", *, heads: int = 1, batch_size: int = 128, length: int = 40,
                vocab: int = 60, seed: int = 0, with_torch: bool = True, with_jax: bool = False,
-               lr: float = 1e-3, mode: str = "subset") -> Setup:
+               lr: float = 1e-3, mode: str = "subset", factored_peers: bool = False) -> Setup:
     """Build the implementations from one seed, with identical initial parameters.
 
     Parameters
@@ -81,6 +84,9 @@ def make_setup(dim: int, dtype="float64", *, heads: int = 1, batch_size: int = 1
         Adam learning rate of every optimiser (betas 0.9/0.999, eps 1e-8).
     mode : str
         Copy mode; ``"replacement"`` allows L > V (the scaling benchmark's long sequences).
+    factored_peers : bool
+        Also build the "same algorithm" twins (``factored=True``: ``q W_a`` through the vocabulary,
+        as miniattn computes it) of each installed framework.
     """
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -96,10 +102,17 @@ def make_setup(dim: int, dtype="float64", *, heads: int = 1, batch_size: int = 1
         twin = TorchSeq2Seq.from_numpy(model)
         twin_opt = twin.make_adam(lr=lr)
         twin_batch = TorchSeq2Seq.batch(batch)
+    twin_f = twin_f_opt = jtwin_f = None
+    if with_torch and torch_available() and factored_peers:
+        twin_f = TorchSeq2Seq.from_numpy(model, factored=True)
+        twin_f_opt = twin_f.make_adam(lr=lr)
     if with_jax and jax_available():
         jtwin = JaxSeq2Seq.from_numpy(model, lr=lr)
         jbatch = JaxSeq2Seq.batch(batch)
-    return Setup(model, Adam(model.params, lr=lr), batch, twin, twin_opt, twin_batch, jtwin, jbatch)
+        if factored_peers:
+            jtwin_f = JaxSeq2Seq.from_numpy(model, factored=True, lr=lr)
+    return Setup(model, Adam(model.params, lr=lr), batch, twin, twin_opt, twin_batch, jtwin, jbatch,
+                 twin_f, twin_f_opt, jtwin_f)
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,6 +136,7 @@ class Equivalence(NamedTuple):
     tol_param: float
     framework: str = "torch"       #: "torch" or "jax"
     heads: int = 1
+    factored: bool = False         #: the twin computes q W_a through the vocabulary
 
     @property
     def ok(self) -> bool:
@@ -131,7 +145,7 @@ class Equivalence(NamedTuple):
 
 
 def check_equivalence(dim: int, dtype="float64", *, framework: str = "torch", heads: int = 1,
-                      **kwargs) -> Equivalence:
+                      factored: bool = False, **kwargs) -> Equivalence:
     """Loss, gradients and one Adam step of NumPy vs the PyTorch or JAX twin from identical parameters.
 
     Parameters
@@ -140,6 +154,8 @@ def check_equivalence(dim: int, dtype="float64", *, framework: str = "torch", he
     dtype : "float32" or "float64"
     framework : "torch" or "jax"
     heads : int
+    factored : bool
+        Check the framework's "same algorithm" twin (``q W_a`` through the vocabulary).
     **kwargs
         Passed to :func:`make_setup` (batch_size, length, vocab, seed).
 
@@ -160,7 +176,9 @@ def check_equivalence(dim: int, dtype="float64", *, framework: str = "torch", he
     if framework == "jax" and not jax_available():
         raise ImportError("check_equivalence(framework='jax') needs JAX (pip install 'jax[cpu]')")
     s = make_setup(dim, dtype, heads=heads, with_torch=framework == "torch", with_jax=framework == "jax",
-                   **kwargs)
+                   factored_peers=factored, **kwargs)
+    if factored:
+        s = s._replace(twin=s.twin_factored, twin_optimizer=s.twin_factored_optimizer, jax_twin=s.jax_twin_factored)
     loss_np, grads_np = s.model.loss_and_grads(s.batch)
     if framework == "torch":
         loss_t, grads_t = s.twin.loss_and_grads(s.twin_batch)
@@ -180,7 +198,7 @@ def check_equivalence(dim: int, dtype="float64", *, framework: str = "torch", he
     tol_grad, tol_param = TOLERANCES[np.dtype(dtype).name]
     return Equivalence(np.dtype(dtype).name, int(dim), float(loss_np), float(loss_t),
                        abs(loss_np - loss_t) / abs(loss_t), grad_err, param_err, tol_grad, tol_param,
-                       framework, int(heads))
+                       framework, int(heads), bool(factored))
 
 
 class StepTiming(NamedTuple):
@@ -196,10 +214,15 @@ class StepTiming(NamedTuple):
     heads: int = 1
     jax: Summary | None = None
     ratio_jax: Summary | None = None   #: per-rep NumPy time / JAX time
+    torch_factored: Summary | None = None          #: PyTorch, q W_a through the vocabulary
+    ratio_torch_factored: Summary | None = None
+    jax_factored: Summary | None = None            #: JAX, q W_a through the vocabulary
+    ratio_jax_factored: Summary | None = None
 
 
 def time_step(dim: int, dtype="float64", *, heads: int = 1, reps: int = 30, warmup: int = 3,
-              with_torch: bool = True, with_jax: bool = False, **kwargs) -> StepTiming:
+              with_torch: bool = True, with_jax: bool = False, factored_peers: bool = False,
+              **kwargs) -> StepTiming:
     """Median step time of each implementation and of the per-rep ratios, interleaved.
 
     Every model keeps training on the same batch during timing (the work per step does not depend on
@@ -207,7 +230,8 @@ def time_step(dim: int, dtype="float64", *, heads: int = 1, reps: int = 30, warm
     at least 1 for JAX's times to exclude compilation (it is raised to 1 when JAX is timed).
     ``**kwargs`` go to :func:`make_setup`.
     """
-    s = make_setup(dim, dtype, heads=heads, with_torch=with_torch, with_jax=with_jax, **kwargs)
+    s = make_setup(dim, dtype, heads=heads, with_torch=with_torch, with_jax=with_jax,
+                   factored_peers=factored_peers, **kwargs)
 
     def numpy_step():
         _, grads = s.model.loss_and_grads(s.batch)
@@ -219,20 +243,29 @@ def time_step(dim: int, dtype="float64", *, heads: int = 1, reps: int = 30, warm
     if s.jax_twin is not None:
         fns["jax"] = lambda: s.jax_twin.step(s.jax_batch)
         warmup = max(1, warmup)
+    if s.twin_factored is not None:
+        fns["torch_factored"] = lambda: s.twin_factored.step(s.twin_batch, s.twin_factored_optimizer)
+    if s.jax_twin_factored is not None:
+        fns["jax_factored"] = lambda: s.jax_twin_factored.step(s.jax_batch)
     times = time_interleaved(fns, reps=reps, warmup=warmup)
     t_np = summarize(times["numpy"])
     out = {}
-    for fw in ("torch", "jax"):
+    for fw in ("torch", "jax", "torch_factored", "jax_factored"):
         if fw in times:
             out[fw] = (summarize(times[fw]), summarize(times["numpy"] / times[fw]))
         else:
             out[fw] = (None, None)
     return StepTiming(np.dtype(dtype).name, int(dim), s.batch.source.shape[0], s.batch.source.shape[1] - 1,
-                      t_np, out["torch"][0], out["torch"][1], int(heads), out["jax"][0], out["jax"][1])
+                      t_np, out["torch"][0], out["torch"][1], int(heads), out["jax"][0], out["jax"][1],
+                      *out["torch_factored"], *out["jax_factored"])
+
+
+def _name(framework: str, factored: bool = False) -> str:
+    return ("PyTorch" if framework == "torch" else "JAX") + (" (factored)" if factored else "")
 
 
 def _report(e: Equivalence) -> str:
-    name = "PyTorch" if e.framework == "torch" else "JAX"
+    name = _name(e.framework, e.factored)
     return (f"  equivalence {name} H={e.heads} {e.dtype} d={e.dim}: loss {e.loss_err:.1e}, grads ≤ "
             f"{max(e.grad_err.values()):.1e}, params after Adam ≤ {max(e.param_err_after_adam.values()):.1e} "
             f"(tolerances {e.tol_grad:g}/{e.tol_param:g}) -> {'OK' if e.ok else 'FAILED'}")
@@ -240,8 +273,13 @@ def _report(e: Equivalence) -> str:
 
 def run(dims=(64, 256), dtypes=("float64", "float32"), *, heads=(1,), reps: int = 30, warmup: int = 3,
         batch_size: int = 128, length: int = 40, vocab: int = 60, with_torch: bool = True,
-        with_jax: bool = True, verbose: bool = True) -> dict:
+        with_jax: bool = True, factored_peers: bool = True, verbose: bool = True) -> dict:
     """Equivalence checks, then interleaved timings, for every (heads, dtype, d).
+
+    With ``factored_peers`` each framework is timed twice: as a user would first write the model
+    (``q W_a`` for every position) and with miniattn's algorithm (``q W_a`` through the vocabulary,
+    docs/EQUATIONS.md §1.8), so that the ratio against the second separates the algorithm from the
+    implementation.
 
     ``reps`` may be an int or a callable ``(heads, dtype, d) -> int`` (fewer reps for the slow cells).
 
@@ -261,13 +299,14 @@ def run(dims=(64, 256), dtypes=("float64", "float32"), *, heads=(1,), reps: int 
     frameworks = [fw for fw, on in (("torch", use_torch), ("jax", use_jax)) if on]
     equiv = []
     for fw in frameworks:
-        for H, dt, d in cells:
-            e = check_equivalence(d, dt, framework=fw, heads=H, **size)
-            equiv.append(e)
-            if verbose:
-                print(_report(e), flush=True)
-            if not e.ok:
-                raise AssertionError(f"NumPy and {fw} disagree (H={H}, {dt}, d={d}): {e}")
+        for factored in ((False, True) if factored_peers else (False,)):
+            for H, dt, d in cells:
+                e = check_equivalence(d, dt, framework=fw, heads=H, factored=factored, **size)
+                equiv.append(e)
+                if verbose:
+                    print(_report(e), flush=True)
+                if not e.ok:
+                    raise AssertionError(f"NumPy and {_name(fw, factored)} disagree (H={H}, {dt}, d={d}): {e}")
     if verbose:
         if not use_torch:
             print("  PyTorch is not installed (or --no-torch): no PyTorch check or timing", flush=True)
@@ -276,7 +315,8 @@ def run(dims=(64, 256), dtypes=("float64", "float32"), *, heads=(1,), reps: int 
     timings = []
     for H, dt, d in cells:
         n = reps(H, dt, d) if callable(reps) else reps
-        t = time_step(d, dt, heads=H, reps=n, warmup=warmup, with_torch=use_torch, with_jax=use_jax, **size)
+        t = time_step(d, dt, heads=H, reps=n, warmup=warmup, with_torch=use_torch, with_jax=use_jax,
+                      factored_peers=factored_peers, **size)
         timings.append(t)
         if verbose:
             print("  " + _row(t), flush=True)
@@ -297,9 +337,12 @@ def _ratio(r: Summary | None, bold: bool = True) -> str:
 
 def _row(t: StepTiming) -> str:
     base = f"H={t.heads} {t.dtype} d={t.dim}: NumPy {1e3 * t.numpy.median:.1f} ms (IQR {1e3 * t.numpy.iqr:.1f})"
-    for name, x, r in (("PyTorch", t.torch, t.ratio), ("JAX", t.jax, t.ratio_jax)):
+    for name, x, r in (("PyTorch", t.torch, t.ratio), ("JAX", t.jax, t.ratio_jax),
+                       ("PyTorch-f", t.torch_factored, t.ratio_torch_factored),
+                       ("JAX-f", t.jax_factored, t.ratio_jax_factored)):
         if x is None:
-            base += f", {name} not installed"
+            if not name.endswith("-f"):
+                base += f", {name} not installed"
         else:
             base += (f", {name} {1e3 * x.median:.1f} ms (IQR {1e3 * x.iqr:.1f}), NumPy/{name} "
                      f"{r.median:.2f} [{r.q25:.2f}, {r.q75:.2f}]")
@@ -315,13 +358,22 @@ def format_table(result: dict) -> str:
     for t in result["timings"]:
         lines.append(f"| {t.heads} | {t.dtype} | {t.dim} | {t.batch_size} | {t.length} | {_ms(t.numpy)} | "
                      f"{_ms(t.torch)} | {_ms(t.jax)} | {_ratio(t.ratio)} | {_ratio(t.ratio_jax)} | {t.numpy.n} |")
+    if any(t.torch_factored is not None or t.jax_factored is not None for t in result["timings"]):
+        lines += ["", "Against the same algorithm: each framework computing q W_a through the vocabulary too "
+                  "(`factored=True` twins, timed in the same interleaved reps).", "",
+                  "| heads | dtype | d | PyTorch (factored) ms | JAX (factored) ms | "
+                  "NumPy / PyTorch (factored) median [q25, q75] | NumPy / JAX (factored) median [q25, q75] |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in result["timings"]:
+            lines.append(f"| {t.heads} | {t.dtype} | {t.dim} | {_ms(t.torch_factored)} | {_ms(t.jax_factored)} | "
+                         f"{_ratio(t.ratio_torch_factored)} | {_ratio(t.ratio_jax_factored)} |")
     if result.get("jax_missing"):
         lines += ["", f"JAX: {result['jax_missing']} — its columns are empty."]
     if result["equivalence"]:
         lines += ["", "| twin | heads | dtype | d | loss rel. err | max grad rel. err | max param rel. err after Adam "
                   "| tolerances |", "|---|---|---|---|---|---|---|---|"]
         for e in result["equivalence"]:
-            name = "PyTorch" if e.framework == "torch" else "JAX"
+            name = _name(e.framework, e.factored)
             lines.append(f"| {name} | {e.heads} | {e.dtype} | {e.dim} | {e.loss_err:.1e} | "
                          f"{max(e.grad_err.values()):.1e} | {max(e.param_err_after_adam.values()):.1e} | "
                          f"{e.tol_grad:g} / {e.tol_param:g} |")

@@ -108,6 +108,10 @@ class TorchSeq2Seq:
         ``heads > 1``.
     uniform : bool
         Uniform-attention twin (scores forced to 0; ``"score"`` gets a zero gradient).
+    factored : bool
+        Compute ``q W_a`` through the vocabulary as miniattn does, ``(E_tgt W)[y] + (P_tgt W)[t]``
+        with the whole table (the "same algorithm" peer; autograd's embedding backward is the
+        scatter). False is the model as a PyTorch user would first write it.
 
     Attributes
     ----------
@@ -115,10 +119,11 @@ class TorchSeq2Seq:
         Leaf tensors with ``requires_grad=True``, in the order of the NumPy model's dict.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], *, uniform: bool = False):
+    def __init__(self, params: dict[str, np.ndarray], *, uniform: bool = False, factored: bool = False):
         _require_torch()
         score_shape, _ = check_twin_params(params)
         self.uniform = bool(uniform)
+        self.factored = bool(factored)
         self.shared_embeddings = "embed" in params
         self.value_projection = "value" in params
         self.dim = int(score_shape[-1])
@@ -128,10 +133,10 @@ class TorchSeq2Seq:
         self.params = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in params.items()}
 
     @classmethod
-    def from_numpy(cls, model) -> "TorchSeq2Seq":
+    def from_numpy(cls, model, *, factored: bool = False) -> "TorchSeq2Seq":
         """Twin of a :class:`~miniattn.models.seq2seq.Seq2SeqAttention` (any number of heads), same
         parameters."""
-        twin = cls(model.params, uniform=model.uniform)
+        twin = cls(model.params, uniform=model.uniform, factored=factored)
         if twin.heads != getattr(model, "heads", 1):
             raise ValueError(f"model.heads = {model.heads} but params['score'] has shape "
                              f"{np.shape(model.params['score'])}")
@@ -157,12 +162,12 @@ class TorchSeq2Seq:
         h = F.embedding(tb.source, src_table) + p["src_pos"][:S]
         q = F.embedding(tb.target_in, tgt_table) + p["tgt_pos"][:T]
         if self.multihead:
-            context = self._multihead_context(q, h, tb.source_mask)
+            context = self._multihead_context(q, h, tb, tgt_table)
         else:
             if self.uniform:
                 scores = torch.zeros(q.shape[0], T, S, dtype=q.dtype)
             else:
-                scores = torch.matmul(q @ p["score"], h.transpose(1, 2))
+                scores = torch.matmul(self._projections(q, tb, tgt_table), h.transpose(1, 2))
             scores = scores.masked_fill(~tb.source_mask[:, None, :], float("-inf"))
             alpha = F.softmax(scores, dim=-1)
             values = h @ p["value"] if self.value_projection else h
@@ -170,8 +175,18 @@ class TorchSeq2Seq:
         logits = F.linear(torch.cat([q, context], dim=-1), p["out_W"].t(), p["out_b"])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tb.targets, ignore_index=-100)
 
-    def _multihead_context(self, q, h, source_mask):
+    def _projections(self, q, tb: TorchBatch, tgt_table):
+        """(B, T, k) projected queries q W (one head) or q [W_1 … W_H] (heads, k = H·d)."""
+        p, d = self.params, self.dim
+        W = p["score"].permute(1, 0, 2).reshape(d, -1) if self.multihead else p["score"]
+        if self.factored:
+            T = tb.target_in.shape[1]
+            return F.embedding(tb.target_in, tgt_table @ W) + p["tgt_pos"][:T] @ W
+        return q @ W
+
+    def _multihead_context(self, q, h, tb: TorchBatch, tgt_table):
         """``(1/H) Σ_h softmax((q W_a^h) hᵀ) (h W_v^h)``, all heads in one batched product each."""
+        source_mask = tb.source_mask
         p = self.params
         B, T, d = q.shape
         S = h.shape[1]
@@ -179,7 +194,10 @@ class TorchSeq2Seq:
         if self.uniform:
             scores = torch.zeros(H, B, T, S, dtype=q.dtype)
         else:
-            projected = torch.matmul(q.reshape(B * T, d), p["score"]).reshape(H, B, T, d)   # H GEMMs
+            if self.factored:
+                projected = self._projections(q, tb, tgt_table).reshape(B, T, H, d).permute(2, 0, 1, 3)
+            else:
+                projected = torch.matmul(q.reshape(B * T, d), p["score"]).reshape(H, B, T, d)   # H GEMMs
             scores = torch.matmul(projected, h.transpose(1, 2))          # (H, B, T, S), h broadcast
         scores = scores.masked_fill(~source_mask[None, :, None, :], float("-inf"))
         alpha = F.softmax(scores, dim=-1)

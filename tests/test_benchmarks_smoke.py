@@ -151,6 +151,22 @@ def test_roofline_step_flops_is_the_sum_of_the_step_matmuls(B, T, S, d, C, H, vp
         assert roofline.step_flops(B, T, S, d, C) == scaling.step_flops(B, T, S, d, C)
 
 
+@given(st.integers(1, 16), st.integers(1, 20), st.integers(1, 20), st.integers(1, 32), st.integers(2, 40),
+       st.integers(1, 8), st.booleans(), st.integers(1, 50))
+def test_roofline_factored_step_flops_is_the_sum_of_the_factored_matmuls(B, T, S, d, C, H, vp, U):
+    k = H * d   # one (d, H·d) projection for all heads, as the model computes it
+    factored = [(U, d, k), (T, d, k),                                   # E[u] W, P W
+                (U, k, d), (T, k, d), (d, U, k), (d, T, k)]            # dE[u], dP, dW = E[u]ᵀ D + Pᵀ G
+    per_head = [(B * T, d, S), (B * T, S, d), (B * S, T, d), (B * T, d, S), (B * S, T, d), (B * T, S, d)]
+    if vp:
+        per_head += [(B * S, d, d), (B * S, d, d), (d, B * S, d)]
+    out = [(B * T, 2 * d, C), (B * T, C, 2 * d), (2 * d, B * T, C)]
+    expected = sum(2 * m * n * q for m, n, q in factored + out) + H * sum(2 * m * n * q for m, n, q in per_head)
+    assert roofline.step_flops(B, T, S, d, C, heads=H, value_projection=vp, distinct=U) == expected
+    with pytest.raises(ValueError, match="distinct"):
+        roofline.step_flops(B, T, S, d, C, distinct=0)
+
+
 @pytest.mark.parametrize("heads", [1, 3])
 def test_roofline_step_flops_matches_pytorch_flop_counter(heads):
     pytest.importorskip("torch")
@@ -170,15 +186,19 @@ def test_roofline_rows_profile_and_gemm_rate_at_tiny_sizes(restore_threads):
                              vocab=5)
     rows = roofline.roofline_rows([t], {"float32": rate}, vocab=5)
     assert rows[0]["flops"] == roofline.step_flops(2, 4, 4, 8, 8, heads=2)
-    assert rows[0]["numpy"]["fraction"] == pytest.approx(rows[0]["flops"] / t.numpy.median / 1e9 / rate.median)
+    assert rows[0]["flops_executed"] == roofline.step_flops(2, 4, 4, 8, 8, heads=2, distinct=6)
+    assert rows[0]["numpy"]["fraction"] == pytest.approx(rows[0]["flops_executed"] / t.numpy.median / 1e9 / rate.median)
+    assert rows[0]["numpy"]["model_fraction"] == pytest.approx(rows[0]["flops"] / t.numpy.median / 1e9 / rate.median)
     assert rows[0]["torch"] is None and rows[0]["jax"] is None
     assert "| 2 | float32 | 8 |" in roofline.format_roofline(rows, {"float32": rate})
     p = roofline.profile_step(8, "float32", steps=2, batch_size=2, length=3, vocab=5, replay_reps=1,
                               gemm_rate_gflops=rate.median)
     names = [name for name, _ in p.phases]
-    assert "whole loss_and_grads" in names and "attention backward (6 GEMMs + softmax backward)" in names
-    assert len(p.gemm["gemms"]) == 12 and p.gemm["total"] > 0 and p.step_seconds > 0
-    assert "all 12 GEMMs" in roofline.format_profile(p)
+    assert "whole loss_and_grads" in names and "attention backward (4 GEMMs + softmax backward)" in names
+    assert "projected lookup backward (scatter + small GEMMs)" in names
+    assert len(p.gemm["gemms"]) == 14 and p.gemm["total"] > 0 and p.step_seconds > 0
+    assert "all 14 GEMMs" in roofline.format_profile(p)
+    assert p.flops == roofline.step_flops(2, 4, 4, 8, 8, distinct=6)
     with pytest.raises(ValueError, match="heads"):
         roofline.step_flops(1, 1, 1, 1, 2, heads=0)
 
@@ -452,6 +472,6 @@ def test_run_all_quick_writes_tables_and_json(tmp_path, restore_threads, capsys)
     assert all(e["ok"] for e in raw["speed"]["equivalence"])
     assert len(raw["roofline"]["cells"]) == 8 and all(c["numpy"]["fraction"] > 0 for c in raw["roofline"]["cells"])
     assert raw["roofline"]["profile"]["gemm"]["total"] > 0
-    assert "all 12 GEMMs" in text
+    assert "all 14 GEMMs" in text and "Against the same algorithm" in text
     assert {s["axis"] for s in raw["scaling"]["scans"]} == {"B", "L", "d", "L (attention)"}
     assert "QUICK" in capsys.readouterr().out
