@@ -13,14 +13,26 @@ class NonFiniteError(ValueError):
     """An array that must be finite holds NaN or inf (a ``ValueError``, so callers may catch either)."""
 
 
+def refuse_masked(name: str, x) -> None:
+    """Raise ``TypeError`` naming ``name`` if ``x`` is a NumPy masked array.
+
+    ``np.asarray`` would drop the mask silently and use the hidden data under it.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; masked arrays are not supported (the mask would be dropped): "
+                        f"pass {name}.filled(...) or a plain ndarray")
+
+
 def float_array(name: str, x, ndim: int | None = None, *, min_ndim: int | None = None,
                 allow_empty: bool = False) -> np.ndarray:
     """Return ``x`` as a finite floating-point array, or raise naming ``name``.
 
     Floating inputs keep their precision (float32 stays float32); Python scalars and lists become
     float64. Integer, boolean, complex and object arrays are a ``TypeError``: silently casting
-    token ids into a float slot hides bugs.
+    token ids into a float slot hides bugs. A masked array (``np.ma``) is a ``TypeError`` too: its
+    mask would be dropped silently.
     """
+    refuse_masked(name, x)
     arr = np.asarray(x)
     if not isinstance(x, np.ndarray) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)  # a literal like [[1, 2]] is meant as numbers, not ids
@@ -43,8 +55,10 @@ def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
 
     Negative ids are rejected explicitly: NumPy would otherwise wrap them to the end of a table.
     With ``upper=None`` only the dtype and shape are checked: callers use that for padded arrays
-    whose pad value may be anything, and then check the unmasked entries with a bound.
+    whose pad value may be anything, and then check the unmasked entries with a bound. A masked
+    array (``np.ma``) is a ``TypeError``.
     """
+    refuse_masked(name, x)
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
@@ -60,7 +74,9 @@ def int_array(name: str, x, upper: int | None = None, ndim: int | None = None,
 
 
 def bool_array(name: str, x, shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``x`` as a boolean array of exactly ``shape``, or raise naming ``name``."""
+    """Return ``x`` as a boolean array of exactly ``shape``, or raise naming ``name`` (a masked array
+    is a ``TypeError``)."""
+    refuse_masked(name, x)
     arr = np.asarray(x)
     if arr.dtype != np.bool_:
         raise TypeError(f"{name} must be a boolean array (True = keep), got dtype {arr.dtype}")

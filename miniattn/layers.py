@@ -22,7 +22,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse
 
-from miniattn._validate import NonFiniteError, bool_array, flag, float_array, int_array, integer, result_dtype
+from miniattn._validate import (NonFiniteError, bool_array, flag, float_array, int_array, integer, refuse_masked,
+                                result_dtype)
 
 __all__ = [
     "EmbeddingCache", "embedding_forward", "embedding_backward",
@@ -42,6 +43,27 @@ def _require_finite(what: str, arr: np.ndarray) -> None:
     """Raise :class:`NonFiniteError` naming ``what`` if ``arr`` (computed from finite inputs) is not finite."""
     if not np.isfinite(arr).all():
         raise NonFiniteError(f"{what} overflowed to inf or NaN (beyond {arr.dtype} range) from finite inputs")
+
+
+def _check_cache(cache, cls, forward: str):
+    """Return ``cache`` as a ``cls`` (a plain tuple of its fields is accepted), else raise ``TypeError``.
+
+    Any other object (None, or the cache of another block) would fail later with a raw unpacking or
+    attribute error.
+    """
+    if isinstance(cache, cls):
+        return cache
+    if type(cache) is tuple and len(cache) == len(cls._fields):
+        return cls(*cache)
+    raise TypeError(f"cache must be the {cls.__name__} returned by {forward}, got {type(cache).__name__}")
+
+
+def _sparse_table(name: str, table: np.ndarray) -> np.ndarray:
+    """Refuse a float16 ``table``: the backward pass's sparse scatter (SciPy) has no float16 kernel."""
+    if table.dtype == np.float16:
+        raise TypeError(f"{name} must be float32 or float64 (the backward pass's scatter-add has no float16), "
+                        f"got dtype {table.dtype}")
+    return table
 
 
 def _check_row_max(name: str, row_max: np.ndarray, masked: bool) -> None:
@@ -65,8 +87,10 @@ def _softmax_input(name: str, x, axis) -> tuple[np.ndarray, int]:
     """``(x, axis)`` of a softmax, checked without a pass over ``x``: a floating-point array (a
     literal of ints becomes float64, as in :func:`~miniattn._validate.float_array`; an ndarray is
     returned as it is), an integer ``axis``, and a non-empty ``axis`` (a softmax over no entries is
-    undefined). Each error names ``name`` or ``axis``; an axis out of range is left to NumPy."""
+    undefined). A masked array is a ``TypeError``. Each error names ``name`` or ``axis``; an axis out
+    of range is left to NumPy."""
     axis = integer("axis", axis)
+    refuse_masked(name, x)
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not isinstance(x, np.ndarray) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
@@ -96,7 +120,7 @@ def log_softmax(logits: np.ndarray, axis: int = -1, *, name: str = "logits") -> 
     Raises
     ------
     TypeError
-        If ``logits`` is not a floating-point array or ``axis`` not an integer.
+        If ``logits`` is not a floating-point array (or is a masked array) or ``axis`` not an integer.
     ValueError
         If ``logits`` is empty along ``axis``.
     NonFiniteError
@@ -108,7 +132,8 @@ def log_softmax(logits: np.ndarray, axis: int = -1, *, name: str = "logits") -> 
     logits, axis = _softmax_input(name, logits, axis)
     row_max = np.max(logits, axis=axis, keepdims=True)
     _check_row_max(name, row_max, masked=False)
-    shifted = logits - row_max
+    with np.errstate(over="ignore"):   # an overflow to -inf is reported just below, in one line
+        shifted = logits - row_max
     finfo = np.finfo(shifted.dtype)
     # z - max z (z >= -finfo.max) can overflow to -inf only if max z exceeds half an ulp of the largest
     # float, about max·eps/4; below max·eps/8 (every ordinary case) the extra reduction is skipped.
@@ -145,30 +170,42 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray | None, axis: int = -1, 
     Raises
     ------
     TypeError
-        If ``scores`` is not a floating-point array, ``mask`` not a boolean one or ``axis`` not an
-        integer.
+        If ``scores`` is not a floating-point array, ``mask`` not a boolean one (either a masked
+        array) or ``axis`` not an integer.
     ValueError
-        If ``scores`` is empty along ``axis``.
+        If ``scores`` is empty along ``axis``, or ``mask`` does not broadcast to the shape of ``scores``.
     NonFiniteError
         If an unmasked score is NaN or +inf (for a block's finite inputs: the score product
         overflowed), or a row has every entry masked (or -inf).
     """
     scores, axis = _softmax_input(name, scores, axis)
     if mask is not None:
+        refuse_masked("mask", mask)
         mask = np.asarray(mask)
         if mask.dtype != np.bool_:
             raise TypeError(f"mask must be a boolean array (True = keep), got dtype {mask.dtype}")
-    if mask is not None and np.all(mask):
-        mask = None   # nothing masked: skip three np.where passes (the result is bit-identical)
+        try:
+            out_shape = np.broadcast_shapes(mask.shape, scores.shape)
+        except ValueError:
+            raise ValueError(f"mask must broadcast with {name} of shape {scores.shape}, got shape "
+                             f"{mask.shape}") from None
+        # The result has the broadcast shape (a mask may also expand the scores, e.g. one shared
+        # score matrix and a mask per example): only a mask that leaves the shape alone may be dropped.
+        if out_shape == scores.shape and np.all(mask):
+            mask = None   # nothing masked: skip three np.where passes (the result is bit-identical)
     if mask is None:
         row_max = np.max(scores, axis=axis, keepdims=True)
         _check_row_max(name, row_max, masked=False)
-        e = np.exp(scores - row_max)
+        # z - max z of finite z may round to -inf (a spread beyond the dtype's range): exp gives the
+        # correct 0, so NumPy's overflow warning is silenced (here and below).
+        with np.errstate(over="ignore"):
+            e = np.exp(scores - row_max)
     else:
         filled = np.where(mask, scores, -np.inf)
         row_max = np.max(filled, axis=axis, keepdims=True)
         _check_row_max(name, row_max, masked=True)
-        shifted = filled - row_max
+        with np.errstate(over="ignore"):
+            shifted = filled - row_max
         e = np.where(mask, np.exp(np.where(mask, shifted, 0.0)), 0.0)
     return e / np.sum(e, axis=axis, keepdims=True)
 
@@ -198,8 +235,13 @@ def embedding_forward(ids, table) -> tuple[np.ndarray, EmbeddingCache]:
     out : array, shape (..., d)
         ``out[i] = E[ids[i]]``.
     cache : EmbeddingCache
+
+    Raises
+    ------
+    TypeError
+        If ``table`` is float16 (the backward pass's sparse scatter-add supports float32 and wider).
     """
-    table = float_array("table", table, ndim=2)
+    table = _sparse_table("table", float_array("table", table, ndim=2))
     ids = int_array("ids", ids, upper=table.shape[0])
     return table[ids], EmbeddingCache(ids, table.shape, table.dtype)
 
@@ -220,9 +262,12 @@ def embedding_backward(dout, cache: EmbeddingCache) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the :class:`EmbeddingCache` returned by :func:`embedding_forward`.
     NonFiniteError
         If the sum over repeated ids overflows (checked on the small (V, d) result).
     """
+    cache = _check_cache(cache, EmbeddingCache, "embedding_forward")
     V, d = cache.table_shape
     dout = float_array("dout", dout, allow_empty=True)
     if dout.shape != cache.ids.shape + (d,):
@@ -294,10 +339,12 @@ def projected_lookup_forward(ids, table, positions, weight) -> tuple[np.ndarray,
 
     Raises
     ------
+    TypeError
+        If ``table`` is float16 (the backward pass's sparse scatter-add supports float32 and wider).
     NonFiniteError
         If the projected rows overflow from finite inputs.
     """
-    table = float_array("table", table, ndim=2)
+    table = _sparse_table("table", float_array("table", table, ndim=2))
     ids = int_array("ids", ids, upper=table.shape[0], ndim=2)
     positions = float_array("positions", positions, ndim=2)
     weight = float_array("weight", weight, ndim=2)
@@ -341,9 +388,12 @@ def projected_lookup_backward(dout, cache: ProjectedLookupCache) -> ProjectedLoo
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the :class:`ProjectedLookupCache` returned by :func:`projected_lookup_forward`.
     NonFiniteError
         If a gradient overflows from finite inputs.
     """
+    cache = _check_cache(cache, ProjectedLookupCache, "projected_lookup_forward")
     used, inverse, ids_shape, used_rows, positions, weight, (V, d) = cache
     k = weight.shape[1]
     dout = float_array("dout", dout, ndim=3)
@@ -414,7 +464,8 @@ def _attention_core(projected, keys, values, mask, uniform: bool, queries, score
         with np.errstate(over="ignore", invalid="ignore"):
             scores = projected @ keys.transpose(0, 2, 1)
     weights = masked_softmax(scores, None if mask is None else mask[:, None, :], name="attention scores")
-    context = weights @ values
+    with np.errstate(over="ignore", invalid="ignore"):   # the caller checks the context it returns
+        context = weights @ values
     cache = AttentionCache(queries, keys, values, score_matrix, projected, mask, weights, bool(uniform))
     return context, cache
 
@@ -473,7 +524,9 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
         if score_matrix.shape != (dq, dk):
             raise ValueError(f"score_matrix must have shape (dq, dk) = {(dq, dk)}, got {score_matrix.shape}")
         # One (B·T, dq) @ (dq, dk) GEMM rather than B stacked (T, dq) ones: BLAS blocks and threads it.
-        projected = (queries.reshape(-1, dq) @ score_matrix).reshape(B, T, dk)
+        # An overflow reaches the scores (every row has an unmasked key), reported by masked_softmax.
+        with np.errstate(over="ignore", invalid="ignore"):
+            projected = (queries.reshape(-1, dq) @ score_matrix).reshape(B, T, dk)
     if mask is not None:
         mask = _key_mask(mask, B, S)
     context, cache = _attention_core(projected, keys, values, mask, uniform, queries, score_matrix)
@@ -484,13 +537,17 @@ def attention_forward(queries, keys, values, score_matrix=None, mask=None, unifo
 def _attention_backward_core(dcontext, cache: AttentionCache):
     """``(dvalues, dscores)`` of a validated ``dcontext``; ``dscores`` is None in the uniform twin."""
     alpha, v = cache.weights, cache.values
-    dvalues = alpha.transpose(0, 2, 1) @ dcontext
-    if cache.uniform:
-        return dvalues, None
-    dalpha = dcontext @ v.transpose(0, 2, 1)
-    weighted = np.sum(alpha * dalpha, axis=-1, keepdims=True)       # (B, T, 1): checked cheaply
+    # Overflows are reported in one line: dvalues by the callers, an inf in dalpha through the reduced
+    # ``weighted`` (inf or NaN wherever dalpha is), one in dscores through the gradients made from it.
+    with np.errstate(over="ignore", invalid="ignore"):
+        dvalues = alpha.transpose(0, 2, 1) @ dcontext
+        if cache.uniform:
+            return dvalues, None
+        dalpha = dcontext @ v.transpose(0, 2, 1)
+        weighted = np.sum(alpha * dalpha, axis=-1, keepdims=True)       # (B, T, 1): checked cheaply
     _require_finite("attention weight gradient (dcontext · values)", weighted)
-    dscores = alpha * (dalpha - weighted)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dscores = alpha * (dalpha - weighted)
     return dvalues, dscores
 
 
@@ -517,10 +574,13 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the :class:`AttentionCache` returned by :func:`attention_forward`.
     NonFiniteError
         If a gradient overflows from finite inputs (``sum_s alpha ⊙ dalpha`` is checked on its
         reduced (B, T, 1) array, then each returned gradient).
     """
+    cache = _check_cache(cache, AttentionCache, "attention_forward")
     q, k, v, W, qW, _, alpha, uniform = cache
     dcontext = float_array("dcontext", dcontext, ndim=3)
     expected = alpha.shape[:2] + (v.shape[2],)
@@ -534,16 +594,19 @@ def attention_backward(dcontext, cache: AttentionCache) -> AttentionGrads:
         dk = np.zeros_like(k, dtype=np.result_type(k, dcontext))
         dW = None if W is None else np.zeros_like(W, dtype=np.result_type(W, dcontext))
         return AttentionGrads(dq, dk, dvalues, dW)
-    dkeys = dscores.transpose(0, 2, 1) @ qW
+    with np.errstate(over="ignore", invalid="ignore"):   # each gradient is checked below, in one line
+        dkeys = dscores.transpose(0, 2, 1) @ qW
     _require_finite("gradient of the attention keys", dkeys)
-    dprojected = dscores @ k
+    with np.errstate(over="ignore", invalid="ignore"):
+        dprojected = dscores @ k
     if W is None:
         _require_finite("gradient of the attention queries", dprojected)
         return AttentionGrads(dprojected, dkeys, dvalues, None)
     # One flat GEMM (B·T rows), as in the forward pass; a stacked matmul with the transposed view W.T
     # was the slowest form (float32 d=256: 12.4 ms stacked, 7.9 ms flat).
-    dq = (dprojected.reshape(-1, dprojected.shape[2]) @ W.T).reshape(q.shape)
-    dW = q.reshape(-1, q.shape[2]).T @ dprojected.reshape(-1, dprojected.shape[2])
+    with np.errstate(over="ignore", invalid="ignore"):
+        dq = (dprojected.reshape(-1, dprojected.shape[2]) @ W.T).reshape(q.shape)
+        dW = q.reshape(-1, q.shape[2]).T @ dprojected.reshape(-1, dprojected.shape[2])
     _require_finite("gradient of the attention queries", dq)
     _require_finite("gradient of the score matrix", dW)
     return AttentionGrads(dq, dkeys, dvalues, dW)
@@ -645,11 +708,14 @@ def multihead_attention_forward(queries, keys, values, score_matrices, value_mat
     else:
         w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq, H * dk)      # [W_1 … W_H]
         # Row t·H + h of the folded queries is Q[t] W_h: the GEMM's (B·T, H·dk) output reshaped for free.
-        projected = (queries.reshape(B * T, dq) @ w_cat).reshape(B, T * H, dk)
+        # An overflow reaches the scores (every row has an unmasked key), reported by masked_softmax.
+        with np.errstate(over="ignore", invalid="ignore"):
+            projected = (queries.reshape(B * T, dq) @ w_cat).reshape(B, T * H, dk)
     head_context, head_cache = _attention_core(projected, keys, values, mask, uniform, projected, None)
     head_contexts = head_context.reshape(B * T, H * dv)                           # [alpha_1 V, …]
     p_cat = Ps.reshape(H * dv, do) / H                                            # [P_1; …; P_H] / H
-    context = (head_contexts @ p_cat).reshape(B, T, do)
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflow is reported just below, in one line
+        context = (head_contexts @ p_cat).reshape(B, T, do)
     _require_finite("attention context", context)
     weights = head_cache.weights.reshape(B, T, H, S).transpose(2, 0, 1, 3)
     return context, MultiHeadCache(head_cache, queries, values, Ws, Ps, weights, head_contexts)
@@ -677,19 +743,35 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the :class:`MultiHeadCache` returned by :func:`multihead_attention_forward`.
+    ValueError
+        If ``cache`` is inconsistent (queries not 3-D with score matrices, or not 4-D without, or
+        shapes that disagree with the cached weights).
     NonFiniteError
         If a gradient overflows from finite inputs.
     """
+    cache = _check_cache(cache, MultiHeadCache, "multihead_attention_forward")
     head_cache, q, v, Ws, Ps, weights, head_contexts = cache
+    if q.ndim != (4 if Ws is None else 3):
+        raise ValueError(f"cache is inconsistent: queries of shape {q.shape} with score_matrices "
+                         f"{'None' if Ws is None else Ws.shape} (expected 3-D queries with score matrices, "
+                         "4-D without)")
     H, B, T, S = weights.shape
     dk, dv, do = head_cache.keys.shape[2], v.shape[2], Ps.shape[2]
+    if q.shape[:2] != (B, T) or (Ws is not None and Ws.shape != (H, q.shape[2], dk)) or \
+            (Ws is None and q.shape[2:] != (H, dk)):
+        raise ValueError(f"cache is inconsistent: queries {q.shape}, score_matrices "
+                         f"{'None' if Ws is None else Ws.shape}, weights {weights.shape}, keys {head_cache.keys.shape}")
     dcontext = float_array("dcontext", dcontext, ndim=3)
     if dcontext.shape != (B, T, do):
         raise ValueError(f"dcontext must have shape {(B, T, do)}, got {dcontext.shape}")
     dflat = dcontext.reshape(B * T, do)
     p_cat = Ps.reshape(H * dv, do) / H
-    dPs = ((head_contexts.T @ dflat) / H).reshape(H, dv, do)
-    dhead = (dflat @ p_cat.T).reshape(B, T * H, dv)
+    # Overflows are reported in one line: dPs below, one in dhead through dvalues (and ``weighted``).
+    with np.errstate(over="ignore", invalid="ignore"):
+        dPs = ((head_contexts.T @ dflat) / H).reshape(H, dv, do)
+        dhead = (dflat @ p_cat.T).reshape(B, T * H, dv)
     dvalues, dscores = _attention_backward_core(dhead, head_cache)
     _require_finite("gradient of the attention values", dvalues)
     _require_finite("gradient of the value matrices", dPs)
@@ -698,17 +780,21 @@ def multihead_attention_backward(dcontext, cache: MultiHeadCache) -> MultiHeadGr
         dkeys = np.zeros(head_cache.keys.shape, dtype=np.result_type(head_cache.keys, dcontext))
         dWs = None if Ws is None else np.zeros(Ws.shape, dtype=np.result_type(Ws, dcontext))
         return MultiHeadGrads(np.zeros(q.shape, dtype=dtype), dkeys, dvalues, dWs, dPs)
-    dkeys = dscores.transpose(0, 2, 1) @ head_cache.projected_queries
+    with np.errstate(over="ignore", invalid="ignore"):   # each gradient is checked below, in one line
+        dkeys = dscores.transpose(0, 2, 1) @ head_cache.projected_queries
     _require_finite("gradient of the attention keys", dkeys)
-    dprojected = (dscores @ head_cache.keys).reshape(B * T, H * dk)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dprojected = (dscores @ head_cache.keys).reshape(B * T, H * dk)
     if Ws is None:
         dq = dprojected.reshape(B, T, H, dk)
         _require_finite("gradient of the attention queries", dq)
         return MultiHeadGrads(dq, dkeys, dvalues, None, dPs)
     dq_dim = q.shape[2]
     w_cat = np.ascontiguousarray(Ws.transpose(1, 0, 2)).reshape(dq_dim, H * dk)    # [W_1 … W_H]
-    dq = (dprojected @ w_cat.T).reshape(B, T, dq_dim)
-    dWs = np.ascontiguousarray((q.reshape(B * T, dq_dim).T @ dprojected).reshape(dq_dim, H, dk).transpose(1, 0, 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        dq = (dprojected @ w_cat.T).reshape(B, T, dq_dim)
+        dWs = np.ascontiguousarray((q.reshape(B * T, dq_dim).T @ dprojected).reshape(dq_dim, H, dk)
+                                   .transpose(1, 0, 2))
     _require_finite("gradient of the attention queries", dq)
     _require_finite("gradient of the score matrices", dWs)
     return MultiHeadGrads(dq, dkeys, dvalues, dWs, dPs)
@@ -772,6 +858,7 @@ def softmax_output_forward(hidden, weight, bias, targets, mask=None):
     if bias.shape != (C,):
         raise ValueError(f"bias must have shape (C,) = {(C,)}, got {bias.shape}")
     lead = hidden.shape[:-1]
+    refuse_masked("targets", targets)
     targets = np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be an integer array, got dtype {targets.dtype}")
@@ -783,11 +870,13 @@ def softmax_output_forward(hidden, weight, bias, targets, mask=None):
         raise ValueError("mask must count at least one target; the mean cross-entropy of none is undefined")
     int_array("targets (where mask is True)", targets[mask], upper=C)
     safe_targets = np.where(mask, targets, 0)
-    logits = hidden @ weight
-    if logits.dtype == np.result_type(logits, bias):
-        logits += bias   # in place: no second (..., C) array
-    else:
-        logits = logits + bias   # a float64 bias on float32 weights promotes, as before
+    # An overflow of the logits is reported by log_softmax (checked on the reduced row maximum).
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = hidden @ weight
+        if logits.dtype == np.result_type(logits, bias):
+            logits += bias   # in place: no second (..., C) array
+        else:
+            logits = logits + bias   # a float64 bias on float32 weights promotes, as before
     log_probs = log_softmax(logits, name="output logits")
     gold = np.take_along_axis(log_probs, safe_targets[..., None], axis=-1)[..., 0]
     loss = -float(np.sum(gold, where=mask)) / count
@@ -819,18 +908,22 @@ def softmax_output_backward(dloss, cache: SoftmaxOutputCache) -> SoftmaxOutputGr
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the :class:`SoftmaxOutputCache` returned by :func:`softmax_output_forward`.
     NonFiniteError
         If a gradient overflows from finite inputs (e.g. a huge ``dloss`` times a huge weight).
     """
+    cache = _check_cache(cache, SoftmaxOutputCache, "softmax_output_forward")
     dloss = float_array("dloss", dloss, ndim=0)
     hidden, weight, log_probs, targets, mask, count = cache
     dlogits = np.exp(log_probs)
     np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], -1) - 1.0, -1)
-    dlogits *= (dloss / count) * mask[..., None]
-    dhidden = dlogits @ np.ascontiguousarray(weight.T)   # a transposed view is slow here (see attention)
-    flat = dlogits.reshape(-1, dlogits.shape[-1])
-    dweight = hidden.reshape(-1, hidden.shape[-1]).T @ flat
-    dbias = flat.sum(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):   # each gradient is checked below, in one line
+        dlogits *= (dloss / count) * mask[..., None]
+        dhidden = dlogits @ np.ascontiguousarray(weight.T)   # a transposed view is slow here (see attention)
+        flat = dlogits.reshape(-1, dlogits.shape[-1])
+        dweight = hidden.reshape(-1, hidden.shape[-1]).T @ flat
+        dbias = flat.sum(axis=0)
     _require_finite("gradient of the output layer's input (hidden)", dhidden)
     _require_finite("gradient of the output weight", dweight)
     _require_finite("gradient of the output bias", dbias)
