@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +28,45 @@ class ForwardResult(NamedTuple):
 def copy_params(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A deep copy of a parameter dict (for snapshots and checkpoints)."""
     return {k: v.copy() for k, v in params.items()}
+
+
+def check_params(params, expected: dict[str, tuple]) -> None:
+    """Check a model's ``params`` against the names and shapes its constructor made.
+
+    A cheap pass over the dict (no pass over any array): every expected name present and no other,
+    each entry a floating-point ``numpy.ndarray`` of the expected shape. Finiteness is left to the
+    blocks, which check what they read.
+
+    Parameters
+    ----------
+    params : dict of name -> array
+        The model's ``params`` as they are now (the user may have replaced entries).
+    expected : dict of name -> tuple
+        The shape of every parameter, as the constructor made it.
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is not a mapping, or an entry is not a NumPy array of a floating-point dtype.
+    ValueError
+        If a name is missing or unexpected, or an entry has the wrong shape.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"model.params must be a dict of name -> array, got {type(params).__name__}")
+    if params.keys() != expected.keys():
+        missing = [k for k in expected if k not in params]
+        extra = sorted(str(k) for k in params if k not in expected)
+        raise ValueError(f"model.params must hold exactly {list(expected)}; missing {missing}, unexpected {extra}")
+    for name, shape in expected.items():
+        value = params[name]
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"model.params[{name!r}] must be a NumPy array of shape {shape}, "
+                            f"got {type(value).__name__}")
+        if value.dtype.kind != "f":
+            raise TypeError(f"model.params[{name!r}] must be a floating-point array, got dtype {value.dtype}")
+        if value.shape != shape:
+            raise ValueError(f"model.params[{name!r}] must have shape {shape} (as the model was built), "
+                             f"got {value.shape}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -479,8 +479,13 @@ def train_seeds(model: FreeAttentionCopySeeds, task, optimizer, *, steps: int, b
             bad |= ~np.isfinite(g.reshape(model.seeds, -1)).all(axis=1)
         if bad.any():
             raise TrainingDiverged(step, f"seeds {np.flatnonzero(bad).tolist()} have a non-finite loss or gradient")
-        with np.errstate(over="ignore", invalid="ignore"):
-            optimizer.step(grads)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                optimizer.step(grads)
+        except NonFiniteError as exc:          # a refused update: exc.entries marks the offending entries
+            seeds = np.flatnonzero(exc.entries.reshape(model.seeds, -1).any(axis=1)).tolist()
+            raise TrainingDiverged(step, f"seeds {seeds} would have non-finite parameters after the update "
+                                         f"(refused: {exc})") from None
         bad = np.zeros(model.seeds, dtype=bool)
         for name, p in model.params.items():
             bad |= ~np.isfinite(p.reshape(model.seeds, -1)).all(axis=1)

@@ -49,12 +49,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from miniattn._validate import NonFiniteError
 from miniattn.layers import (attention_backward, attention_forward, embedding_backward,
                              embedding_forward, log_softmax, multihead_attention_backward,
                              multihead_attention_forward, projected_lookup_backward,
                              projected_lookup_forward, softmax_output_backward, softmax_output_forward)
-from miniattn.models.base import (ForwardResult, check_flag, check_scale, check_seq2seq_batch, check_size,
-                                  check_source_scale)
+from miniattn.models.base import (ForwardResult, check_flag, check_params, check_scale, check_seq2seq_batch,
+                                  check_size, check_source_scale)
 
 __all__ = ["Seq2SeqAttention"]
 
@@ -114,8 +115,19 @@ class Seq2SeqAttention:
     Attributes
     ----------
     params : dict of name -> array
-        See the module docstring for names and shapes.
+        See the module docstring for names and shapes. Entries may be replaced, but every method
+        refuses a missing or extra name, a wrong shape or a non-float dtype (naming the entry).
     uniform : bool
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type (a size not an integer, a flag not a bool, ``rng`` not a
+        ``numpy.random.Generator``, ``dtype`` None or not a dtype).
+    ValueError
+        If a size is out of range, ``shared_embeddings=True`` with unequal vocabularies, ``init_scale``
+        not a finite float > 0 or so large that the initial weights overflow ``dtype``, or ``dtype``
+        not float32/float64.
     """
 
     def __init__(self, source_vocab: int, target_vocab: int, source_length: int, target_length: int, *,
@@ -142,7 +154,13 @@ class Seq2SeqAttention:
         self._init_scale_arg = None if init_scale is None else self.init_scale
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        dt = np.dtype(dtype)
+        if dtype is None:
+            raise TypeError("dtype must be float32 or float64 (a NumPy dtype, type or name), got None")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64 (a NumPy dtype, type or name), "
+                            f"got {dtype!r}") from None
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype must be float32 or float64, got {dt}")
         self.dtype = dt
@@ -150,8 +168,15 @@ class Seq2SeqAttention:
         d, H = self.dim, self.heads
 
         def normal(*shape):
-            # Drawn in float64 and cast, so float32 and float64 models from one seed agree.
-            return (self.init_scale * rng.standard_normal(shape)).astype(dt)
+            # Drawn in float64 and cast, so float32 and float64 models from one seed agree. A huge
+            # init_scale overflows (in the product or the cast): refused below, without a warning.
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = (self.init_scale * rng.standard_normal(shape)).astype(dt)
+            if not np.isfinite(w).all():
+                raise ValueError(f"init_scale={self.init_scale!r} is too large for {dt}: initial weights "
+                                 f"drawn from N(0, init_scale^2) overflow to inf (the largest {dt} is "
+                                 f"{float(np.finfo(dt).max):.4g})")
+            return w
 
         p: dict[str, np.ndarray] = {}
         if shared:
@@ -168,6 +193,7 @@ class Seq2SeqAttention:
         p["out_W"] = normal(2 * d, self.target_vocab)
         p["out_b"] = np.zeros(self.target_vocab, dtype=dt)
         self.params = p
+        self._param_shapes = {k: v.shape for k, v in p.items()}
 
     # ----------------------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -190,6 +216,10 @@ class Seq2SeqAttention:
             return self.params["value"]
         return np.broadcast_to(np.eye(self.dim, dtype=self.dtype), (self.heads, self.dim, self.dim))
 
+    def _check_params(self):
+        """Names, shapes and float dtypes of ``params`` as built (:func:`miniattn.models.base.check_params`)."""
+        check_params(self.params, self._param_shapes)
+
     def _check_batch(self, batch, need_targets: bool):
         """Validate a Seq2SeqBatch (:func:`miniattn.models.base.check_seq2seq_batch`)."""
         return check_seq2seq_batch(batch, source_vocab=self.source_vocab, target_vocab=self.target_vocab,
@@ -203,22 +233,38 @@ class Seq2SeqAttention:
         src_table, tgt_table = self._tables()
         S, T = source.shape[1], target_in.shape[1]
         emb_src, cache_src = embedding_forward(source, src_table)
-        h = emb_src + p["src_pos"][:S]                       # new array (B, S, d)
-        if scale is not None:
-            h *= scale[..., None]
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported just below
+            h = emb_src + p["src_pos"][:S]                   # new array (B, S, d)
+            if scale is not None:
+                h *= scale[..., None]
+        if not np.isfinite(h).all():
+            by = " times source_scale" if scale is not None else ""
+            raise NonFiniteError(f"encoder states h = E_src[x] + P_src{by} overflowed to inf or NaN (beyond "
+                                 f"{h.dtype} range) from finite inputs")
         emb_tgt, cache_tgt = embedding_forward(target_in, tgt_table)
         # q is written straight into the first half of [q ; c] (a view), so assembling the output
         # layer's input copies only the context — one (B, T, d) pass fewer than np.concatenate.
         d, H = self.dim, self.heads
         hidden = np.empty(emb_tgt.shape[:-1] + (2 * d,), dtype=np.result_type(emb_tgt, p["tgt_pos"]))
-        q = np.add(emb_tgt, p["tgt_pos"][:T], out=hidden[..., :d])   # (B, T, d)
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported just below
+            q = np.add(emb_tgt, p["tgt_pos"][:T], out=hidden[..., :d])   # (B, T, d)
+        if not np.isfinite(q).all():
+            raise NonFiniteError(f"decoder states q = E_tgt[y] + P_tgt overflowed to inf or NaN (beyond "
+                                 f"{q.dtype} range) from finite parameters")
         # The score matrix meets q only through q W_a, and q is a lookup plus a position: factoring
         # (E[y] + P[t]) W_a through the distinct ids of the batch does its d×d work on a few hundred
         # rows instead of B·T (docs/EQUATIONS.md §1.8). One head: W_a (d, d); H heads: [W_1 … W_H].
         w = p["score"] if H == 1 else np.ascontiguousarray(p["score"].transpose(1, 0, 2)).reshape(d, H * d)
         projected, cache_proj = projected_lookup_forward(target_in, tgt_table, p["tgt_pos"][:T], w)
         if H == 1:
-            values = h @ p["value"] if self.value_projection else h
+            if self.value_projection:
+                with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported just below
+                    values = h @ p["value"]
+                if not np.isfinite(values).all():
+                    raise NonFiniteError(f"attention values h W_v overflowed to inf or NaN (beyond {values.dtype} "
+                                         "range) from finite parameters")
+            else:
+                values = h
             context, att = attention_forward(projected, h, values, None, mask=source_mask, uniform=self.uniform)
         else:
             context, att = multihead_attention_forward(projected.reshape(projected.shape[:2] + (H, d)), h, h,
@@ -243,11 +289,26 @@ class Seq2SeqAttention:
         -------
         ForwardResult
             ``log_probs`` (B, T, C); ``attention`` (B, T, S), or (H, B, T, S) with ``heads > 1``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the batch or ``source_scale`` is malformed, or an entry of ``params`` is missing or has
+            the wrong shape or a non-float dtype (naming ``params['name']``).
+        NonFiniteError
+            If ``params`` or ``source_scale`` hold NaN/inf, or finite values overflow (attention
+            scores, output logits, log-probabilities).
         """
+        self._check_params()
         source, source_mask, target_in, _, _ = self._check_batch(batch, need_targets=False)
         scale = check_source_scale(source_scale, source.shape, self.dtype)
         hidden, (_, _, _, _, _, att) = self._hidden(source, source_mask, target_in, scale)
-        log_probs = log_softmax(hidden @ self.params["out_W"] + self.params["out_b"])
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported just below
+            logits = hidden @ self.params["out_W"] + self.params["out_b"]
+        if not np.isfinite(logits).all():
+            raise NonFiniteError(f"output logits [q ; c] W_o + b overflowed to inf or NaN (beyond {logits.dtype} "
+                                 "range) from finite parameters")
+        log_probs = log_softmax(logits)
         return ForwardResult(log_probs, att.weights)
 
     def loss_and_grads(self, batch) -> tuple[float, dict[str, np.ndarray]]:
@@ -263,7 +324,16 @@ class Seq2SeqAttention:
         -------
         loss : float
         grads : dict name -> array, keyed and shaped like ``params``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the batch is malformed, or an entry of ``params`` is missing or has the wrong shape or
+            a non-float dtype (naming ``params['name']``).
+        NonFiniteError
+            If ``params`` hold NaN/inf, or finite values overflow (scores, logits, loss, a gradient).
         """
+        self._check_params()
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
         p, d = self.params, self.dim
         hidden, (cache_src, cache_tgt, cache_proj, h, _, att) = self._hidden(source, source_mask, target_in)
@@ -318,22 +388,37 @@ class Seq2SeqAttention:
         -------
         beta : array (B, T, S)
             NaN at masked source positions and at uncounted output positions.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the batch is malformed, or an entry of ``params`` is missing or has the wrong shape or
+            a non-float dtype (naming ``params['name']``).
+        NonFiniteError
+            If ``params`` hold NaN/inf, or finite values overflow so that β is inf or NaN at a counted
+            position.
         """
+        self._check_params()
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
         p, d = self.params, self.dim
         _, (_, _, _, h, q, _) = self._hidden(source, source_mask, target_in)
-        if self.value_projection:
-            P = p["value"] if self.heads == 1 else p["value"].mean(axis=0)
-            v = h @ P
-        else:
-            v = h
-        from_q = q @ p["out_W"][:d] + p["out_b"]                 # (B, T, C)
-        from_v = v @ p["out_W"][d:]                              # (B, S, C)
-        B, T = target_out.shape
-        gold_q = np.take_along_axis(from_q, target_out[..., None], axis=-1)            # (B, T, 1)
-        gold_v = from_v.transpose(0, 2, 1)[np.arange(B)[:, None], target_out]          # (B, T, S)
-        beta = gold_q + gold_v - _pairwise_logsumexp(from_q, from_v)
-        return np.where(source_mask[:, None, :] & target_mask[:, :, None], beta, np.nan)
+        counted = source_mask[:, None, :] & target_mask[:, :, None]
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, where counted
+            if self.value_projection:
+                P = p["value"] if self.heads == 1 else p["value"].mean(axis=0)
+                v = h @ P
+            else:
+                v = h
+            from_q = q @ p["out_W"][:d] + p["out_b"]                 # (B, T, C)
+            from_v = v @ p["out_W"][d:]                              # (B, S, C)
+            B, T = target_out.shape
+            gold_q = np.take_along_axis(from_q, target_out[..., None], axis=-1)            # (B, T, 1)
+            gold_v = from_v.transpose(0, 2, 1)[np.arange(B)[:, None], target_out]          # (B, T, S)
+            beta = gold_q + gold_v - _pairwise_logsumexp(from_q, from_v)
+        if not np.isfinite(beta[counted]).all():
+            raise NonFiniteError(f"KTIW probe beta overflowed to inf or NaN at counted positions (output logits "
+                                 f"beyond {beta.dtype} range) from finite parameters")
+        return np.where(counted, beta, np.nan)
 
     def saliency(self, batch) -> np.ndarray:
         """Gradient × input saliency Δ of each gold log-probability with respect to each source scale.
@@ -353,10 +438,30 @@ class Seq2SeqAttention:
         -------
         delta : array (B, T, S)
             NaN at masked source positions and at uncounted output positions.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the batch is malformed, or an entry of ``params`` is missing or has the wrong shape or
+            a non-float dtype (naming ``params['name']``).
+        NonFiniteError
+            If ``params`` hold NaN/inf, or finite values overflow so that Δ is inf or NaN at a counted
+            position.
         """
+        self._check_params()
         source, source_mask, target_in, target_out, target_mask = self._check_batch(batch, need_targets=True)
+        hidden, (_, _, _, _, _, att) = self._hidden(source, source_mask, target_in)
+        counted = source_mask[:, None, :] & target_mask[:, :, None]
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, where counted
+            delta = self._saliency_terms(hidden, att, source.shape[1], target_out)
+        if not np.isfinite(delta[counted]).all():
+            raise NonFiniteError(f"saliency delta overflowed to inf or NaN at counted positions (beyond "
+                                 f"{delta.dtype} range) from finite parameters")
+        return np.where(counted, delta, np.nan)
+
+    def _saliency_terms(self, hidden, att, S: int, target_out) -> np.ndarray:
+        """Δ (B, T, S) at every position (:meth:`saliency`, before masking and the finiteness check)."""
         p, d = self.params, self.dim
-        hidden, (_, _, _, h, _, att) = self._hidden(source, source_mask, target_in)
         # onehot(y) − p, the gradient of log p(y) with respect to the logits
         dlogits = -np.exp(log_softmax(hidden @ p["out_W"] + p["out_b"]))
         np.put_along_axis(dlogits, target_out[..., None],
@@ -379,5 +484,5 @@ class Seq2SeqAttention:
             e_bar = np.sum(alpha * e, axis=-1, keepdims=True)
             delta += alpha * scores * (e - e_bar)
         if H > 1:
-            delta = delta.reshape(target_out.shape + (H, source.shape[1])).mean(axis=2)
-        return np.where(source_mask[:, None, :] & target_mask[:, :, None], delta, np.nan)
+            delta = delta.reshape(target_out.shape + (H, S)).mean(axis=2)
+        return delta
