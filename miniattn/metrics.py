@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from miniattn import io
-from miniattn._validate import NonFiniteError
+from miniattn._validate import NonFiniteError, bool_array, int_array
 
 __all__ = ["BUILTIN_METRICS", "token_accuracy", "attention_accuracy", "salient_attention_accuracy",
            "evaluate", "plain_record"]
@@ -27,14 +27,51 @@ BUILTIN_METRICS = ("step", "train_loss", "loss", "token_accuracy", "attention_ac
 
 
 def _gold_and_mask(batch) -> tuple[np.ndarray, np.ndarray]:
-    """Gold outputs (B, T) and the mask of counted positions (B, T) of a seq2seq or classification batch."""
+    """Gold outputs (B, T) and the mask of counted positions (B, T) of a seq2seq or classification batch.
+
+    Only dtypes and shapes are checked here (cheap); the range of the counted gold ids needs the
+    number of classes, which :func:`_check_gold_range` checks once the log-probabilities are known.
+
+    Raises
+    ------
+    TypeError
+        If ``batch.target_out`` (``batch.labels``) is not an integer array or ``batch.target_mask``
+        not a boolean one, or ``batch`` is neither kind of batch.
+    ValueError
+        If ``batch.target_out`` is not 2-d (``batch.labels`` not 1-d) or ``batch.target_mask`` does
+        not have the shape of ``batch.target_out``.
+    """
     if hasattr(batch, "target_out"):
-        return np.asarray(batch.target_out), np.asarray(batch.target_mask, dtype=bool)
+        # Padding at uncounted positions may be any integer; counted ids are range-checked later.
+        gold = int_array("batch.target_out", batch.target_out, ndim=2, allow_empty=True)
+        return gold, bool_array("batch.target_mask", batch.target_mask, gold.shape)
     if hasattr(batch, "labels"):
-        labels = np.asarray(batch.labels)
+        labels = int_array("batch.labels", batch.labels, ndim=1, allow_empty=True)
         return labels[:, None], np.ones((labels.shape[0], 1), dtype=bool)
     raise TypeError(f"batch must be a Seq2SeqBatch or a ClassificationBatch (with target_out or labels), "
                     f"got {type(batch).__name__}")
+
+
+def _check_float_kind(name: str, x, arr: np.ndarray) -> None:
+    """Refuse a non-floating array (str, object, bool, complex) with a TypeError naming ``name``.
+
+    As in :func:`miniattn._validate.float_array`, a Python literal of integers (not an integer
+    ndarray) is taken as numbers. NaN and inf are left to the callers, which allow them where a
+    position is not counted.
+    """
+    if arr.dtype.kind == "f" or (arr.dtype.kind in "iu" and not isinstance(x, np.ndarray)):
+        return
+    raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+
+
+def _check_gold_range(name: str, gold: np.ndarray, mask: np.ndarray, C: int) -> None:
+    """Counted gold ids must be classes in ``[0, C)`` (uncounted ones may be anything: padding)."""
+    if not mask.any():
+        return
+    counted_gold = gold[mask]
+    lo, hi = counted_gold.min(), counted_gold.max()
+    if lo < 0 or hi >= C:
+        raise ValueError(f"{name} must lie in [0, {C}) at counted positions, got values in [{lo}, {hi}]")
 
 
 def token_accuracy(log_probs, gold, mask=None) -> float:
@@ -58,12 +95,14 @@ def token_accuracy(log_probs, gold, mask=None) -> float:
     Raises
     ------
     TypeError
-        If ``gold`` is not an integer array or ``mask`` not a boolean one.
+        If ``log_probs`` is not a floating-point array, ``gold`` not an integer one or ``mask`` not
+        a boolean one.
     ValueError
         For a wrong shape or a counted ``gold`` id outside ``[0, C)``; :class:`NonFiniteError` for
         NaN log-probabilities at a counted position.
     """
-    log_probs = np.asarray(log_probs)
+    log_probs_in, log_probs = log_probs, np.asarray(log_probs)
+    _check_float_kind("log_probs", log_probs_in, log_probs)
     gold = np.asarray(gold)
     if log_probs.ndim != 3:
         raise ValueError(f"log_probs must have shape (B, T, C), got {log_probs.shape}")
@@ -141,9 +180,13 @@ def _alignment_targets(attention: np.ndarray, alignment, mask) -> np.ndarray:
         raise TypeError(f"alignment must be an integer array, got dtype {alignment.dtype}")
     if alignment.size and (alignment.min() < -1 or alignment.max() >= S):
         raise ValueError(f"alignment must lie in [-1, {S}), got values in [{alignment.min()}, {alignment.max()}]")
-    mask = np.ones((B, T), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != (B, T):
-        raise ValueError(f"mask must have shape {(B, T)}, got {mask.shape}")
+    if mask is None:
+        mask = np.ones((B, T), dtype=bool)
+    else:
+        # The shape first: a scalar (e.g. mask="x") is a ValueError for the shape, as it always was.
+        if np.shape(mask) != (B, T):
+            raise ValueError(f"mask must have shape {(B, T)}, got {np.shape(mask)}")
+        mask = bool_array("mask", mask, (B, T))
     return (np.arange(S) == alignment[..., None]) & (mask & (alignment >= 0))[..., None]
 
 
@@ -179,10 +222,15 @@ def attention_accuracy(attention, alignment, mask=None):
 
     Raises
     ------
-    NonFiniteError
-        (a ValueError) If a counted row of ``attention`` holds NaN.
+    TypeError
+        If ``attention`` is not a floating-point array, ``alignment`` not an integer one or ``mask``
+        not a boolean one.
+    ValueError
+        For a wrong shape or an ``alignment`` outside ``[-1, S)``; :class:`NonFiniteError` (a
+        ValueError) if a counted row of ``attention`` holds NaN.
     """
-    attention = np.asarray(attention)
+    attention_in, attention = attention, np.asarray(attention)
+    _check_float_kind("attention", attention_in, attention)
     targets = _alignment_targets(attention, alignment, mask)
     _check_no_nan(attention, targets)
     rate = _hit_rate(attention, targets)
@@ -206,10 +254,14 @@ def salient_attention_accuracy(attention, salient):
 
     Raises
     ------
-    NonFiniteError
-        (a ValueError) If the row of a counted sequence holds NaN.
+    TypeError
+        If ``attention`` is not a floating-point array or ``salient`` not a boolean one.
+    ValueError
+        For a wrong shape; :class:`NonFiniteError` (a ValueError) if the row of a counted sequence
+        holds NaN.
     """
-    attention = np.asarray(attention)
+    attention_in, attention = attention, np.asarray(attention)
+    _check_float_kind("attention", attention_in, attention)
     targets = _salient_targets(attention, salient)
     _check_no_nan(attention, targets)
     rate = _hit_rate(attention, targets)
@@ -237,6 +289,8 @@ def _chunk_sums(model, batch) -> dict:
     if log_probs.ndim != 3 or log_probs.shape[:2] != gold.shape:
         raise ValueError(f"model.forward returned log_probs of shape {log_probs.shape}; "
                          f"expected (B, T, C) with (B, T) = {gold.shape}")
+    _check_gold_range("batch.target_out" if hasattr(batch, "target_out") else "batch.labels",
+                      gold, mask, log_probs.shape[-1])
     # Gold ids at uncounted positions may be anything (padding); index with a safe 0 there.
     safe_gold = np.where(mask, gold, 0)
     gold_log_probs = np.take_along_axis(log_probs, safe_gold[..., None], axis=-1)[..., 0]
@@ -287,7 +341,21 @@ def evaluate(model, batch, metrics_fn: Callable | None = None, *, chunk_size: in
     Returns
     -------
     dict of plain JSON values (NaN -> None).
+
+    Raises
+    ------
+    TypeError
+        If ``metrics_fn`` is not callable (checked before any evaluation), ``batch.target_out``
+        (``batch.labels``) is not an integer array, ``batch.target_mask`` not a boolean one, or
+        ``metrics_fn`` returns no mapping.
+    ValueError
+        If ``chunk_size`` is not an integer >= 1, ``batch.target_mask`` does not have the shape of
+        ``batch.target_out``, a counted gold id lies outside ``[0, C)``, or ``metrics_fn`` returns a
+        built-in metric name.
     """
+    if metrics_fn is not None and not callable(metrics_fn):
+        raise TypeError(f"metrics_fn must be a callable (model, batch) -> mapping, "
+                        f"got {type(metrics_fn).__name__} {metrics_fn!r:.60}")
     gold, _ = _gold_and_mask(batch)
     n = len(gold)
     if chunk_size is None:
