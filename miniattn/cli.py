@@ -26,7 +26,15 @@ being allocated.
 
 A run with ``--out`` writes ``config.json``, ``metrics.jsonl`` and ``checkpoint.npz`` there; the
 same command run again resumes from the checkpoint (``--fresh`` starts over), so an interrupted run
-finishes with exactly the result of an uninterrupted one.
+finishes with exactly the result of an uninterrupted one. Resuming first verifies that the directory
+holds exactly this run: every entry of ``config.json`` (the options, and the model, task, optimiser,
+training and seed sections) must be what this command would write, except ``--steps`` and the
+bookkeeping options; for a text task the SHA-256 of each data file (recorded in
+``config.run.data_sha256``) must be unchanged, and a text-task run made before that record existed
+cannot be verified and is refused (``--fresh`` starts it over); and the checkpoint's run key must be
+this run's, including the model and task description (a checkpoint copied from a run with another
+``--mode``, ``--uniform`` or ``--init-scale`` is refused; see :mod:`miniattn.train`). A refusal is one
+line naming what differs.
 
 Seeding: ``--seed`` is the root of a ``numpy.random.SeedSequence`` whose children are, in order, the
 model's initialisation, the task's construction (e.g. the translation lexicon, or the held-out split
@@ -44,6 +52,7 @@ model is built), an ``--out`` that cannot be created or holds another run, or a 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -63,8 +72,8 @@ from miniattn.optim import make_optimizer
 from miniattn.progress import progress_callback
 from miniattn.tasks import CopyTask, FixedBatchTask, HeldOutSplit, KeywordClassificationTask, TranslationTask
 from miniattn.tasks.text_options import add_text_arguments, describe_dataset, int_at_least, text_options_from_args
-from miniattn.train import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, TrainingDiverged, load_checkpoint,
-                            train)
+from miniattn.train import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, TrainingDiverged, describe_differences,
+                            is_legacy_run_key, load_checkpoint, run_config, run_key_differences, train)
 
 __all__ = ["main", "build_parser", "MODELS", "TASKS", "COMPATIBLE_TASKS", "estimate_memory",
            "planned_memory", "thread_settings"]
@@ -102,6 +111,15 @@ _WIDTH_MODELS = ("seq2seq", "classifier", "rnn-seq2seq", "rnn-classifier")
 _LEGACY_DIM = 64
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: a path or value holding a line break
+    (``--run $'a\\nb'``) is escaped (:func:`_one_line`), so it can neither split the message nor forge
+    a second ``miniattn:`` line. Its subcommand parsers are of this class too."""
+
+    def error(self, message):
+        super().error(_one_line(message))
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every default; where the help text states its own (context-dependent) default, that one."""
 
@@ -111,7 +129,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-_int_at_least = int_at_least   # one argparse integer type for the CLI and the text options
+def _int_at_least(minimum: int):
+    """:func:`miniattn.tasks.text_options.int_at_least` that also refuses digits other than ASCII
+    ``0-9`` (``int()`` reads ``'\\u0661'``, an Arabic-Indic one, as 1): what is typed is what is recorded."""
+    parse_int = int_at_least(minimum)
+
+    def parse(text: str) -> int:
+        if not str(text).isascii():
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} in ASCII digits, got {text!r}")
+        return parse_int(text)
+    parse.__name__ = parse_int.__name__
+    return parse
 
 
 def _float_type(accept, expected: str, expected_value: str):
@@ -163,7 +191,7 @@ def _format_bytes(n: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``miniattn`` (subcommands ``train``, ``eval``, ``info``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="miniattn", formatter_class=_HelpFormatter,
         description="NumPy reference implementation of 'Approximating How Single Head Attention "
                     "Learns' (Snell et al., 2021): train attention models and log how they learn.",
@@ -260,13 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory, e.g. runs/NAME, for config.json, metrics.jsonl and "
                         "checkpoint.npz (default: none, nothing is written)")
     r.add_argument("--fresh", action="store_true",
-                   help="start over even if --out holds a checkpoint (default: resume from it)")
+                   help="start over even if --out holds a checkpoint (default: resume from it, after "
+                        "verifying that --out holds this very run: its config.json, the SHA-256 of a text "
+                        "task's data files and the checkpoint's run key)")
     r.add_argument("--quiet", action="store_true",
                    help="no progress display and no summary (errors are still reported)")
 
     # ---- eval -------------------------------------------------------------------------------------
     e = sub.add_parser("eval", help="print the last metrics of a run", formatter_class=_HelpFormatter,
-                       description="Print the latest evaluation record of a run directory.")
+                       description="Print the latest evaluation record of a run directory. A metrics.jsonl "
+                                   "that `miniattn train` did not write (a record that is not a JSON object, "
+                                   "or steps that do not increase) is refused in one line (exit 1).")
     e.set_defaults(_handler=_run_eval, _sub=e)
     e.add_argument("--run", type=Path, required=True, help="run directory (the --out of `miniattn train`)")
     e.add_argument("--json", action="store_true", help="print the record as JSON")
@@ -898,16 +930,26 @@ def _make_run_directory(out: Path) -> None:
         _fail(f"--out: {out} is not a directory")
 
 
-def _check_run_directory(args, config: dict) -> dict | None:
+def _check_run_directory(args, config: dict, recorded: dict | None = None) -> dict | None:
     """Refuse (one line, exit 2) an ``--out`` that is not this run's directory: a file, a path under
     a file, a foreign directory, an unreadable or malformed ``config.json``, or a run of other
     options (unless ``--fresh`` asks to start that run over). Return the stored ``config.json`` of
-    the run to resume, if any. Nothing is written."""
+    the run to resume, if any. Nothing is written.
+
+    Resuming verifies the whole ``config.json`` against ``recorded``, what this command would write
+    (``{"config": ..., "seed": ...}``): the options (``config.run``, where the options in
+    ``_RESUMABLE_DIFFERENCES`` may differ), the SHA-256 of a text task's data files, and the
+    ``config.model``, ``config.task``, ``config.optimizer`` and ``config.train`` sections (all but
+    ``steps`` and ``checkpoint_every``) and the seed, entry by entry. A difference is refused in one
+    line naming it (exit 2). A ``config.json`` written before its model and task sections held every
+    entry of this version (e.g. by an older miniattn) is refused the same way: start it over with
+    ``--fresh``.
+    """
     out = args.out
     if out is None:
         return None
     try:
-        return _check_existing_run_directory(args, config, out)
+        return _check_existing_run_directory(args, config, out, recorded)
     except OSError as err:  # e.g. a name too long for the file system, a loop of symbolic links
         _fail(f"--out: cannot use the run directory {out} ({err.strerror or err})")
 
@@ -918,7 +960,7 @@ def _first_write_leftover(p: Path) -> bool:
     return p.name == METRICS_NAME and p.is_file() and not p.is_symlink() and p.stat().st_size == 0
 
 
-def _check_existing_run_directory(args, config: dict, out: Path) -> dict | None:
+def _check_existing_run_directory(args, config: dict, out: Path, recorded: dict | None = None) -> dict | None:
     if not out.exists():
         problem = _parent_problem(out)
         if problem is not None:
@@ -945,15 +987,21 @@ def _check_existing_run_directory(args, config: dict, out: Path) -> dict | None:
     if stored.get("dim") is None and stored.get("model") in _WIDTH_MODELS:
         stored = {**stored, "dim": _LEGACY_DIM}  # a run from before the width was stored
     differ = sorted(k for k in set(stored) | set(current)
-                    if k not in _RESUMABLE_DIFFERENCES and stored.get(k) != current.get(k))
+                    if k not in _RESUMABLE_DIFFERENCES and k != _DATA_HASHES and stored.get(k) != current.get(k))
     if differ:
         what = ", ".join(f"{_option_name(k)} {stored.get(k)!r} (this command: {current.get(k)!r})" for k in differ)
         _fail(f"--out: {out} holds a run with other options: {what}; rerun with those options to resume, "
               "add --fresh to start it over, or choose another --out")
+    _check_data_hashes(args, stored.get(_DATA_HASHES), current.get(_DATA_HASHES), meta_path)
+    if recorded is not None:
+        _check_recorded_sections(meta, recorded, meta_path)
     checkpoint = out / CHECKPOINT_NAME
+    args._legacy_checkpoint = False
     if checkpoint.exists():
         try:
-            done = load_checkpoint(checkpoint).step
+            ck = load_checkpoint(checkpoint)
+            done = ck.step
+            args._legacy_checkpoint = is_legacy_run_key(ck.run_key)
         except (OSError, ValueError, KeyError, TypeError):
             done = None  # train() reports an unreadable checkpoint in full
         if done is not None and done > args.steps:
@@ -969,6 +1017,88 @@ def _check_existing_run_directory(args, config: dict, out: Path) -> dict | None:
             _warn(f"resuming {out} with another BLAS thread setting than its first session ({difference}); "
                   "results may differ from an uninterrupted run at the ~1e-15 level")
     return meta
+
+
+#: The entry of ``config.run`` recording the SHA-256 of a text task's data files (option dest -> hex digest).
+_DATA_HASHES = "data_sha256"
+#: The data files of the text tasks (option dest, in the order they are hashed).
+_DATA_FILES = {"text-classification": ("data",), "parallel": ("source_file", "target_file")}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _data_hashes(args) -> dict | None:
+    """``{dest: SHA-256}`` of the data files of a text task (``--data``, or ``--source-file`` and
+    ``--target-file``), recorded in ``config.run.data_sha256``; None for a synthetic task. A file that
+    cannot be read ends the command in one line naming it (exit 2)."""
+    dests = _DATA_FILES.get(args.task)
+    if dests is None:
+        return None
+    hashes = {}
+    for dest in dests:
+        path = getattr(args, dest)
+        try:
+            hashes[dest] = _file_sha256(path)
+        except OSError as err:
+            _fail(f"{_option_name(dest)}: cannot read {path} ({err.strerror or err})")
+    return hashes
+
+
+def _check_data_hashes(args, stored, current, meta_path: Path) -> None:
+    """Refuse (one line, exit 2) to resume a text-task run whose data files are not the ones it was
+    trained on: their SHA-256 differs from ``config.run.data_sha256``, or the run predates that record
+    (its data cannot be verified; ``--fresh`` starts it over)."""
+    if current is None:
+        if stored is not None:
+            _fail(f"--out: {meta_path} records data files ({_DATA_HASHES}) for a run without any; add --fresh "
+                  "to start the run over")
+        return
+    if stored is None:
+        _fail(f"--out: {meta_path} records no SHA-256 of the data ({', '.join(map(_option_name, current))}): "
+              "the run predates that record, so the data it was trained on cannot be verified; add --fresh to "
+              "start the run over on the current data")
+    if not isinstance(stored, dict):
+        _fail(f"--out: {meta_path}: config.run.{_DATA_HASHES} should be an object, got {type(stored).__name__}")
+    for dest, digest in current.items():
+        if stored.get(dest) != digest:
+            _fail(f"{_option_name(dest)}: {getattr(args, dest)} is not the file the run in {meta_path.parent} was "
+                  f"trained on (SHA-256 {str(stored.get(dest))[:16]}... recorded in {CONFIG_NAME}, "
+                  f"{digest[:16]}... now); restore that file, or add --fresh to start the run over on this one")
+    extra = sorted(set(stored) - set(current), key=str)
+    if extra:
+        _fail(f"--out: {meta_path}: config.run.{_DATA_HASHES} names files this run does not read: "
+              f"{', '.join(map(str, extra))}")
+
+
+#: Entries of ``config.train`` that a resumption may change (``--steps`` is recorded anew by
+#: :func:`_record_steps`; ``--checkpoint-every`` is bookkeeping).
+_UPDATED_TRAIN_ENTRIES = ("steps", "checkpoint_every")
+
+
+def _check_recorded_sections(meta: dict, recorded: dict, meta_path: Path) -> None:
+    """Refuse (one line, exit 2) a ``config.json`` whose sections other than ``config.run`` (compared
+    option by option before) are not what this command would write: ``config.model``,
+    ``config.task``, ``config.optimizer``, ``config.train`` (but ``steps`` and ``checkpoint_every``),
+    any unknown section, and the ``seed``."""
+    stored_config, expected = meta["config"], json.loads(io.dumps_json(recorded["config"]))
+    stored_config = {k: v for k, v in stored_config.items() if k != "run"}
+    expected = {k: v for k, v in expected.items() if k != "run"}
+    for section in (stored_config, expected):
+        if isinstance(section.get("train"), dict):
+            section["train"] = {k: v for k, v in section["train"].items() if k not in _UPDATED_TRAIN_ENTRIES}
+    differences = run_key_differences({"config": stored_config, "seed": meta.get("seed")},
+                                      {"config": expected, "seed": json.loads(io.dumps_json(recorded["seed"]))})
+    if differences:
+        _fail(f"--out: {meta_path} does not describe this run: "
+              + describe_differences(differences, CONFIG_NAME, "this command")
+              + "; it was edited, or written by another version of miniattn; add --fresh to start the run over, "
+                "or choose another --out")
 
 
 def _record_steps(out: Path, steps: int) -> None:
@@ -1070,7 +1200,13 @@ def _run_train(args, parser) -> int:
         config["dim"] = _option(args, "dim")  # the width actually used (its default depends on --model)
     config["seed_streams"] = "SeedSequence(seed).spawn(4): model init, task, training, attention probe"
     config["threads"] = thread_settings()
-    meta = _check_run_directory(args, config)
+    hashes = _data_hashes(args)
+    if hashes is not None:
+        config[_DATA_HASHES] = hashes   # resuming compares them with the files (_check_data_hashes)
+    recorded_config = run_config(model, task, optimizer, steps=args.steps, batch_size=args.batch_size,
+                                 eval_every=args.eval_every, eval_size=args.eval_size,
+                                 checkpoint_every=args.checkpoint_every, config=config)
+    meta = _check_run_directory(args, config, {"config": recorded_config, "seed": train_ss})
     if text_task and not args.quiet:
         for line in describe_dataset(task):
             print(f"data: {line}")
@@ -1089,9 +1225,19 @@ def _run_train(args, parser) -> int:
             _record_steps(args.out, args.steps)
 
     display = progress_callback(False if args.quiet else None)
+    legacy = meta is not None and getattr(args, "_legacy_checkpoint", False)
+
+    def warn_legacy():
+        # Once train() has accepted the checkpoint: a refusal is then the only line on stderr.
+        nonlocal legacy
+        if legacy:
+            legacy = False
+            _warn(f"{args.out / CHECKPOINT_NAME} predates the model and task description in its run key, so "
+                  "they cannot be checked against this run; resumed (the next checkpoint records them)")
 
     def progress(event):
         record_steps()
+        warn_legacy()
         if display is not None:
             display(event)
 
@@ -1112,6 +1258,7 @@ def _run_train(args, parser) -> int:
         print(f"miniattn train: {_one_line(err)} (--fresh starts the run in --out over)", file=sys.stderr)
         return 1
     record_steps()
+    warn_legacy()
     if not args.quiet:
         print(_format_record(history.last))
         if args.out is not None:
@@ -1132,31 +1279,48 @@ def _record_line(path: Path, index: int) -> int:
     return filled[index] if index < len(filled) else len(lines)
 
 
+def _eval_error(message) -> int:
+    """Report an ``eval`` error in one line (line breaks escaped, :func:`_one_line`); return 1."""
+    print(f"miniattn eval: {_one_line(message)}", file=sys.stderr)
+    return 1
+
+
+def _is_step(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _run_eval(args, parser) -> int:
     run = args.run
     if not run.is_dir():
         parser.error(f"--run: no such directory: {run}")
     metrics = run / METRICS_NAME
     if not metrics.is_file():
-        print(f"miniattn eval: {run} has no {METRICS_NAME} (not a miniattn run directory?)", file=sys.stderr)
-        return 1
+        return _eval_error(f"{run} has no {METRICS_NAME} (not a miniattn run directory?)")
     try:
         records = io.read_jsonl(metrics)
     except (OSError, ValueError) as err:
-        print(f"miniattn eval: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return _eval_error(err)
     except RecursionError:
-        print(f"miniattn eval: {_one_line(metrics)}: a record is nested too deeply to read; not a metrics log "
-              "written by `miniattn train`", file=sys.stderr)
-        return 1
+        return _eval_error(f"{metrics}: a record is nested too deeply to read; not a metrics log written by "
+                           "`miniattn train`")
     bad = next((i for i, record in enumerate(records) if not isinstance(record, dict)), None)
     if bad is not None:
-        print(f"miniattn eval: {metrics}: line {_record_line(metrics, bad)} is not a JSON object (got "
-              f"{type(records[bad]).__name__}); not a metrics log written by `miniattn train`", file=sys.stderr)
-        return 1
+        return _eval_error(f"{metrics}: line {_record_line(metrics, bad)} is not a JSON object (got "
+                           f"{type(records[bad]).__name__}); not a metrics log written by `miniattn train`")
     if not records:
-        print(f"miniattn eval: {metrics} holds no evaluation yet", file=sys.stderr)
-        return 1
+        return _eval_error(f"{metrics} holds no evaluation yet")
+    # `miniattn train` logs each evaluation once, in step order: a step that does not increase means
+    # an edited log or two runs' logs mixed, whose last record is not the run's latest.
+    previous = None
+    for i, record in enumerate(records):
+        step = record.get("step")
+        if not _is_step(step):
+            continue   # shown as it is (eval is lenient about the fields of a record)
+        if previous is not None and step <= previous:
+            return _eval_error(f"{metrics}: line {_record_line(metrics, i)} is at step {step}, after a record "
+                               f"at step {previous} (the steps must increase); not a metrics log written by "
+                               "`miniattn train`")
+        previous = step
     last = records[-1]
     if args.json:
         print(io.dumps_json(last))

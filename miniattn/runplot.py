@@ -64,7 +64,7 @@ from miniattn import io
 from miniattn.checkpoint import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
 
 __all__ = ["SNAPSHOT_NAME", "SNAPSHOT_FORMAT", "SnapshotError", "Snapshots", "SnapshotRecorder",
-           "load_snapshots", "probe_batch", "evenly_spaced", "parse_steps", "draw_curves", "draw_maps",
+           "load_snapshots", "probe_batch", "evenly_spaced", "parse_steps", "check_records", "draw_curves", "draw_maps",
            "draw_gif", "pillow_available", "add_plot_arguments", "plot_command"]
 
 SNAPSHOT_NAME = "attention.npz"
@@ -363,13 +363,15 @@ def parse_steps(text: str | None, available: np.ndarray, k: int = 6) -> np.ndarr
     Raises
     ------
     ValueError
-        ``--steps`` not a comma-separated list of integers >= 0, or naming a step without a snapshot.
+        ``--steps`` not a comma-separated list of integers >= 0 in ASCII digits, or naming a step
+        without a snapshot.
     """
     available = np.asarray(available)
     if text is None:
         return evenly_spaced(len(available), k)
     parts = [p.strip() for p in str(text).split(",")]
-    if not parts or any(not p.isdigit() for p in parts):
+    # ASCII digits only: str.isdigit and int() also take other scripts' digits ('\u0661' is 1).
+    if not parts or any(not (p.isascii() and p.isdigit()) for p in parts):
         raise ValueError(f"--steps must be comma-separated integers >= 0 (e.g. 0,50,100), got {text!r}")
     wanted = [int(p) for p in parts]
     index = {int(s): i for i, s in enumerate(available)}
@@ -403,9 +405,71 @@ def _save_png(fig, path: Path) -> Path:
     return path
 
 
+#: The fields of a metrics record that :func:`draw_curves` draws.
+_CURVE_KEYS = ("step", "loss", "train_loss", "token_accuracy", "attention_accuracy")
+#: Values beyond this magnitude are not drawn (matplotlib cannot lay out an axis spanning ~1e308).
+_DRAWABLE = 1e300
+
+
 def _metric(records: Sequence[dict], key: str) -> np.ndarray:
-    """``records[i][key]`` as floats (None or missing -> NaN)."""
-    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=np.float64)
+    """``records[i][key]`` as floats (None or missing -> NaN; see :func:`check_records`)."""
+    return np.array([np.nan if r.get(key) is None else _float(r[key]) for r in records], dtype=np.float64)
+
+
+def _float(value) -> float:
+    """``float(value)``; an integer beyond the float range as ±inf (not drawn)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_records(records: Sequence, path) -> None:
+    """Check that the ``metrics.jsonl`` records at ``path`` can be drawn: each is a JSON object whose
+    ``step`` is an integer >= 0 and whose ``loss``, ``train_loss``, ``token_accuracy`` and
+    ``attention_accuracy`` are numbers or null (absent).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, the line (as :func:`miniattn.io.read_jsonl` counts them) and the field.
+    """
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {_record_line(path, i)} is not a JSON object (got "
+                             f"{type(record).__name__}); not a metrics log written by `miniattn train`")
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0 or step > _DRAWABLE:
+            raise ValueError(f"{path}: line {_record_line(path, i)}: 'step' must be an integer >= 0, got "
+                             f"{_short(step)}")
+        for key in _CURVE_KEYS[1:]:
+            value = record.get(key)
+            if value is not None and not _is_number(value):
+                raise ValueError(f"{path}: line {_record_line(path, i)}: {key!r} must be a number or null, got "
+                                 f"{_short(value)}")
+
+
+def _short(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _record_line(path, index: int) -> int:
+    """The line number of record ``index`` of the JSON-lines file ``path`` (blank lines hold none)."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    filled = [number for number, raw in enumerate(lines, start=1) if raw.strip()]
+    return filled[index] if index < len(filled) else len(lines)
+
+
+def _undrawable(records: Sequence[dict]) -> int:
+    """How many of the drawn values of ``records`` lie beyond ±``_DRAWABLE`` (not drawn)."""
+    return sum(1 for r in records for key in _CURVE_KEYS[1:]
+               if _is_number(r.get(key)) and abs(_float(r[key])) > _DRAWABLE)
 
 
 def draw_curves(records: Sequence[dict], marked_steps: Sequence[int], path: Path, *, title: str = "") -> Path:
@@ -415,7 +479,8 @@ def draw_curves(records: Sequence[dict], marked_steps: Sequence[int], path: Path
     ----------
     records : sequence of dict
         The evaluation records of ``metrics.jsonl`` (``step``, ``loss``, ``train_loss``,
-        ``token_accuracy``, ``attention_accuracy``; None -> not drawn).
+        ``token_accuracy``, ``attention_accuracy``: numbers; None, missing, non-finite or beyond
+        ±1e300 -> not drawn; see :func:`check_records`).
     marked_steps : sequence of int
         Steps marked with dotted vertical lines (the snapshots drawn as maps).
     path : Path
@@ -430,6 +495,7 @@ def draw_curves(records: Sequence[dict], marked_steps: Sequence[int], path: Path
         drawn = False
         for key, label in series:
             y = _metric(records, key)
+            y[np.abs(y) > _DRAWABLE] = np.nan   # an axis spanning ~1e308 cannot be laid out
             if np.isfinite(y).any():
                 ax.plot(steps, y, marker="o" if len(y) < 30 else None, markersize=2.5, label=label)
                 drawn = True
@@ -552,6 +618,24 @@ def draw_gif(snaps: Snapshots, example: int, path: Path, *, fps: float = 4.0) ->
 # The command
 # --------------------------------------------------------------------------------------------------
 
+def _integer(text: str) -> int:
+    """An argparse ``type=``: an integer in ASCII digits (``int()`` also reads other scripts' digits)."""
+    try:
+        if not text.isascii():
+            raise ValueError
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _nonempty_path(text: str) -> Path:
+    """An argparse ``type=``: a path that is not empty (``Path('')`` is the current directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a directory, got an empty path (it would be the current "
+                                         "directory); pass e.g. RUN/plots")
+    return Path(text)
+
+
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``miniattn plot`` on ``parser`` (a subcommand's parser)."""
     parser.add_argument("--run", type=Path, required=True,
@@ -560,15 +644,18 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", default=None,
                         help="snapshot steps to draw as attention maps, comma-separated, e.g. 0,50,200 "
                              "(default: about 6 evenly spaced snapshots)")
-    parser.add_argument("--example", type=int, default=0, help="which probe example to draw (0-based)")
+    parser.add_argument("--example", type=_integer, default=0, help="which probe example to draw (0-based)")
     parser.add_argument("--gif", action=argparse.BooleanOptionalAction, default=True,
                         help="also write an animated GIF of the attention over training")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the pictures (default: RUN/plots)")
+    parser.add_argument("--out", type=_nonempty_path, default=None,
+                        help="where to write the pictures; not empty (default: RUN/plots)")
 
 
-def _fail(message: str, status: int = 2) -> int:
-    print(f"miniattn plot: {message}", file=sys.stderr)
+def _fail(message, status: int = 2) -> int:
+    """Report a ``plot`` error in one line (line breaks in paths and values escaped); return ``status``."""
+    from miniattn.cli import _one_line
+
+    print(f"miniattn plot: {_one_line(message)}", file=sys.stderr)
     return status
 
 
@@ -586,7 +673,9 @@ def plot_command(args) -> int:
     int
         0 on success; 2 for a missing or non-run directory, a run without snapshots, bad ``--steps``
         or ``--example``; 1 for a run file that cannot be read (corrupt ``metrics.jsonl`` or
-        snapshot file). Every error is one line on stderr.
+        snapshot file, or a record that cannot be drawn: see :func:`check_records`). Every error is
+        one line on stderr, paths and values with their line breaks escaped. Values beyond ±1e300
+        are not drawn (a note on stderr says how many).
     """
     run = Path(args.run)
     if not run.is_dir():
@@ -600,8 +689,9 @@ def plot_command(args) -> int:
     try:
         snaps = load_snapshots(run)
         records = io.read_jsonl(metrics_path)
-    except ValueError as err:
-        return _fail(str(err).replace("\n", " "), 1)
+        check_records(records, metrics_path)
+    except (ValueError, OSError) as err:
+        return _fail(err, 1)
     except RecursionError:
         # json nests one Python frame per level: a crafted record can exhaust the stack.
         return _fail(f"{metrics_path}: a record is nested too deeply to be a metrics record", 1)
@@ -614,6 +704,12 @@ def plot_command(args) -> int:
     except ValueError as err:
         return _fail(str(err))
     out = Path(args.out) if args.out is not None else run / "plots"
+    beyond = _undrawable(records)
+    if beyond:
+        from miniattn.cli import _one_line
+
+        print(f"miniattn plot: note: {beyond} value(s) in {_one_line(metrics_path)} beyond ±{_DRAWABLE:g} were "
+              "not drawn", file=sys.stderr)
     try:
         if out.exists() and not out.is_dir():
             return _fail(f"--out: {out} is a file, not a directory")

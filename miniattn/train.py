@@ -25,6 +25,15 @@ so it ends with bit-identical parameters and history. ``metrics.jsonl`` is rewri
 checkpoint's history on resumption, so evaluations logged after the checkpoint by the interrupted
 run are not duplicated.
 
+The run key. A checkpoint records the key of its run, and is resumed only by a run with the same
+key (:func:`run_key_differences` names what differs): the seed streams, batch and evaluation sizes,
+the evaluation schedule, the parameters' names, shapes and dtypes, the optimiser and its
+hyperparameters, and the description of the model and of the task (``model.config()`` with the
+class name -- e.g. ``uniform``, ``init_scale``, ``heads``, ``dtype`` -- and the task's ``repr``, as
+in ``config.json``). A checkpoint written before the key held the model and task description
+(:func:`is_legacy_run_key`) cannot be checked against them: it is resumed when the rest of its key
+matches, and the next checkpoint written records the full key.
+
 Files in ``out_dir``: ``config.json`` (run metadata, :func:`miniattn.io.run_metadata`),
 ``metrics.jsonl`` (one evaluation record per line), ``checkpoint.npz`` (:mod:`miniattn.checkpoint`).
 
@@ -47,6 +56,7 @@ from __future__ import annotations
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -66,6 +76,7 @@ __all__ = [
     "TrainingDiverged", "History", "ProgressEvent", "Checkpoint", "CheckpointError", "train", "evaluate",
     "token_accuracy", "attention_accuracy", "salient_attention_accuracy", "save_checkpoint",
     "load_checkpoint", "seed_streams", "CHECKPOINT_NAME", "METRICS_NAME", "CONFIG_NAME", "BUILTIN_METRICS",
+    "run_config", "run_key_differences", "is_legacy_run_key",
 ]
 
 
@@ -128,6 +139,120 @@ def _describe(obj) -> dict:
     if callable(config):
         return {"class": type(obj).__name__, **config()}
     return {"class": type(obj).__name__, "repr": repr(obj)}
+
+
+def _key_description(obj) -> dict:
+    """What the run key records of a model or task: :func:`_describe`, except that an object with
+    neither ``config()`` nor its own ``__repr__`` is recorded by its class name only (the default
+    ``repr`` holds a memory address, which differs in every process)."""
+    if callable(getattr(obj, "config", None)) or type(obj).__repr__ is not object.__repr__:
+        return _describe(obj)
+    return {"class": type(obj).__name__}
+
+
+#: Entries of the run key that describe the model and the task; a key without them was written by an
+#: earlier version (:func:`is_legacy_run_key`).
+_DESCRIPTION_KEYS = ("model", "task")
+
+
+def is_legacy_run_key(run_key) -> bool:
+    """Whether a checkpoint's run key predates the model and task description (neither ``model``
+    nor ``task`` in it): such a checkpoint cannot be checked against them."""
+    return isinstance(run_key, Mapping) and not any(k in run_key for k in _DESCRIPTION_KEYS)
+
+
+_MISSING = object()
+
+
+def run_key_differences(stored, current, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaves in which two JSON records differ, as ``(dotted name, stored, current)``.
+
+    Nested objects are compared entry by entry; an entry present on one side only is reported with
+    :data:`_MISSING` on the other (``describe_value`` prints it as ``missing``). Lists and scalars are
+    compared whole (``==``, so ``6`` equals ``6.0``).
+    """
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        found = []
+        for key in sorted(set(stored) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            found += run_key_differences(stored.get(key, _MISSING), current.get(key, _MISSING), name)
+        return found
+    if stored is _MISSING or current is _MISSING or type(stored) is not type(current) and not (
+            _is_plain_number(stored) and _is_plain_number(current)) or stored != current:
+        return [(prefix or "(the whole record)", stored, current)]
+    return []
+
+
+def _is_plain_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def describe_value(value, width: int = 60) -> str:
+    """A JSON value for a one-line message: ``missing`` for an absent entry, else compact JSON cut to
+    ``width`` characters."""
+    if value is _MISSING:
+        return "missing"
+    try:
+        text = io.dumps_json(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def describe_differences(differences, first: str, second: str, limit: int = 4) -> str:
+    """``name (first: value, second: value); ...`` for :func:`run_key_differences`, at most
+    ``limit`` entries (then how many more)."""
+    parts = []
+    for name, a, b in differences[:limit]:
+        if isinstance(a, str) and isinstance(b, str):
+            # Long strings (a task's repr) from a little before where they part.
+            same = len(os.path.commonprefix([a, b]))
+            cut = max(0, same - 12)
+            a, b = (text if cut == 0 else "..." + text[cut:] for text in (a, b))
+        parts.append(f"{name} ({first}: {describe_value(a)}, {second}: {describe_value(b)})")
+    if len(differences) > limit:
+        parts.append(f"and {len(differences) - limit} more")
+    return "; ".join(parts)
+
+
+def _resume_key(path: Path, run_key: dict) -> dict:
+    """The run key a checkpoint at ``path`` must hold to be resumed by this run.
+
+    The full ``run_key``; for a checkpoint written before the key held the model and task
+    description (:func:`is_legacy_run_key`), the key without them. A checkpoint with another key is
+    refused here, naming the entries that differ (:class:`CheckpointError`); one that cannot be read
+    is left to :func:`miniattn.checkpoint.restore`, which reports it in full.
+    """
+    try:
+        stored = load_checkpoint(path).run_key
+    except Exception:  # noqa: BLE001 - restore() reads the file again and reports what is wrong
+        return run_key
+    if is_legacy_run_key(stored):
+        run_key = {k: v for k, v in run_key.items() if k not in _DESCRIPTION_KEYS}
+    differences = run_key_differences(stored, run_key)
+    if differences:
+        raise CheckpointError(f"{path} belongs to a different run: "
+                              + describe_differences(differences, "checkpoint", "this run"))
+    return run_key
+
+
+def run_config(model, task, optimizer, *, steps: int, batch_size: int, eval_every: int, eval_size: int,
+               checkpoint_every: int, config: Mapping[str, Any] | None = None) -> dict:
+    """The ``config`` entry that :func:`train` writes to ``config.json`` for these arguments.
+
+    Returns
+    -------
+    dict
+        ``train`` (steps, batch_size, eval_every, eval_size, checkpoint_every), ``model`` and
+        ``task`` (``config()`` with the class name, or the class name and ``repr``), ``optimizer``
+        (class name and scalar hyperparameters) and ``run`` (a copy of ``config``).
+    """
+    return {
+        "train": {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+                  "eval_size": eval_size, "checkpoint_every": checkpoint_every},
+        "model": _describe(model), "task": _describe(task), "optimizer": _optimizer_config(optimizer),
+        "run": dict(config or {}),
+    }
 
 
 def _first_nonfinite(arrays: Mapping[str, np.ndarray]) -> str | None:
@@ -222,7 +347,9 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
         Write a checkpoint after every ``checkpoint_every``-th step and at step ``steps``.
     resume : bool, default True
         Continue from ``out_dir/checkpoint.npz`` if it exists (validated in full by
-        :func:`miniattn.checkpoint.restore`, else :class:`CheckpointError`). With False, start over:
+        :func:`miniattn.checkpoint.restore`, else :class:`CheckpointError`; a checkpoint of another
+        run -- another run key, see *The run key* in the module docstring -- is refused naming what
+        differs, e.g. ``model.uniform``). With False, start over:
         an existing checkpoint is deleted and the metrics log restarted.
     progress : None, bool or callable, default None
         None: a one-line display on stderr when stderr is a terminal; True: always; False: never; a
@@ -291,6 +418,7 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
         "params": {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in model.params.items()},
         "optimizer": _optimizer_config(optimizer),
         "optimizer_state": sorted(optimizer.state_dict()),
+        "model": _key_description(model), "task": _key_description(task),
     })
     if eval_steps is not None:
         run_key["eval_steps"] = sorted(schedule)
@@ -304,7 +432,8 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
         checkpoint_path = out / CHECKPOINT_NAME
         metrics_path = out / METRICS_NAME
         if checkpoint_path.exists() and resume:
-            start, history = restore(checkpoint_path, run_key, steps, model, optimizer, train_rng)
+            start, history = restore(checkpoint_path, _resume_key(checkpoint_path, run_key), steps, model,
+                                     optimizer, train_rng)
             # Drop evaluations that the interrupted run logged after its last checkpoint.
             io.atomic_write_text(metrics_path, "".join(io.dumps_json(r) + "\n" for r in history.evals))
         else:
@@ -312,12 +441,9 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
                 checkpoint_path.unlink()
             io.atomic_write_text(metrics_path, "")
         if start == 0 or not (out / CONFIG_NAME).exists():
-            full_config = {
-                "train": {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
-                          "eval_size": eval_size, "checkpoint_every": checkpoint_every},
-                "model": _describe(model), "task": _describe(task), "optimizer": run_key["optimizer"],
-                "run": dict(config or {}),
-            }
+            full_config = run_config(model, task, optimizer, steps=steps, batch_size=batch_size,
+                                     eval_every=eval_every, eval_size=eval_size,
+                                     checkpoint_every=checkpoint_every, config=config)
             io.atomic_write_json(out / CONFIG_NAME, io.run_metadata(full_config, seed))
 
     def log_eval(step: int) -> dict:
@@ -355,10 +481,14 @@ def train(model, task, optimizer, *, steps: int, batch_size: int, seed, eval_eve
     for step in range(start + 1, steps + 1):
         batch = task.sample(train_rng, batch_size)
         loss, grads = _loss_and_grads(model, batch, step)
-        # An update that overflows is reported below as TrainingDiverged naming the parameter, which
-        # says more than NumPy's overflow warning would.
-        with np.errstate(over="ignore", invalid="ignore"):
-            optimizer.step(grads)
+        # An update that overflows is reported as TrainingDiverged naming the parameter, which says
+        # more than NumPy's overflow warning would: below, or by an optimiser that checks its own
+        # update (miniattn.optim raises NonFiniteError, leaving the parameters as they were).
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                optimizer.step(grads)
+        except NonFiniteError as exc:
+            raise TrainingDiverged(step, f"the parameter update is not finite ({exc})") from None
         bad = _first_nonfinite(model.params)
         if bad is not None:
             raise TrainingDiverged(step, f"the parameter {bad!r} contains NaN or inf after the update")
