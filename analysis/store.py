@@ -9,9 +9,11 @@ Layout under the results root (``$MINIATTN_RESULTS`` or ``./results``)::
 
 A stored run is reused only when it is *current*: its JSON parses, its config hash equals the
 requested config's, its code fingerprint (:mod:`analysis.fingerprint`) equals the fingerprint of the
-experiment's code now, and its ``.npz`` exists with the recorded checksum. Anything else — a
-truncated or corrupt file, a file from older code — is recomputed, never fatal, never silently
-reused. Files are written atomically (:mod:`miniattn.io`); the ``.npz`` before the ``.json``, so a
+experiment's code now, its recorded config still hashes to its recorded hash, its ``data`` and
+``arrays`` list match their recorded ``data_sha256``, and its ``.npz`` exists with the recorded
+checksum and holds exactly the members listed in ``arrays``. Anything else — a truncated, corrupt or
+edited file, a file from older code, a record written before ``data_sha256`` existed — is
+recomputed, never fatal, never silently reused. Files are written atomically (:mod:`miniattn.io`); the ``.npz`` before the ``.json``, so a
 current ``.json`` implies a complete run.
 """
 
@@ -30,7 +32,8 @@ import numpy as np
 from miniattn import io
 from miniattn.checkpoint import remove_stale_temporaries
 
-__all__ = ["results_root", "canonical_json", "config_hash", "ResultStore", "StoredRun"]
+__all__ = ["results_root", "canonical_json", "config_hash", "data_hash", "ResultStore", "StoredRun",
+           "MissingDataError"]
 
 
 def results_root(root: str | os.PathLike | None = None) -> Path:
@@ -54,6 +57,47 @@ def config_hash(config: Mapping[str, Any]) -> str:
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def data_hash(data: Mapping[str, Any], arrays: Any) -> str:
+    """SHA-256 hex digest of the canonical JSON of a record's ``data`` and ``arrays`` list.
+
+    Parameters
+    ----------
+    data : mapping
+        The record's scalar results, as stored in its JSON (or as passed to :meth:`ResultStore.save_run`:
+        both give the same digest, since :func:`canonical_json` converts the values first).
+    arrays : list of str
+        The names of the arrays in the record's ``.npz``.
+
+    Returns
+    -------
+    str
+        The digest recorded as ``data_sha256``.
+    """
+    return hashlib.sha256(canonical_json({"arrays": arrays, "data": data}).encode()).hexdigest()
+
+
+class MissingDataError(KeyError):
+    """A figure or claim asked a stored run for a result it does not hold (the message names the file)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _RunData(dict):
+    """A run's ``data``: a missing key is a :class:`MissingDataError` naming the run file."""
+
+    def __init__(self, values: Mapping[str, Any], path: Path):
+        super().__init__(values)
+        self._path = path
+
+    def __missing__(self, key):
+        raise MissingDataError(f"{self._path}: the stored run has no result {key!r} (written by other code, or "
+                               "edited); rerun the compute step")
+
+    def __reduce__(self):
+        return (_RunData, (dict(self), self._path))
 
 
 def _open_regular(path: Path, mode: str = "rb", **kwargs):
@@ -142,7 +186,31 @@ class ResultStore:
             return None
         if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict):
             return None
+        arrays = meta.get("arrays")
+        if (not isinstance(arrays, list) or not all(isinstance(a, str) for a in arrays)
+                or arrays != sorted(set(arrays)) or set(arrays) & set(meta["data"])):
+            return None
         return meta
+
+    @staticmethod
+    def _intact_record(meta: Mapping[str, Any]) -> bool:
+        """Whether the record's config and data still match the hashes recorded with them."""
+        try:
+            return (isinstance(meta.get("config"), dict) and config_hash(meta["config"]) == meta.get("config_hash")
+                    and data_hash(meta["data"], meta["arrays"]) == meta.get("data_sha256"))
+        except (TypeError, ValueError, RecursionError):
+            return False
+
+    @staticmethod
+    def _config_intact(meta: Mapping[str, Any]) -> bool:
+        try:
+            return isinstance(meta.get("config"), dict) and config_hash(meta["config"]) == meta["config_hash"]
+        except (TypeError, ValueError, RecursionError):
+            return False
+
+    @staticmethod
+    def _members(z) -> list[str]:
+        return sorted(z.files)
 
     def is_current(self, name: str, config: Mapping[str, Any], code: str) -> bool:
         """Whether run ``name`` is complete, intact, and was computed with ``config`` by code ``code``.
@@ -160,22 +228,36 @@ class ResultStore:
         -------
         bool
             False for a missing or malformed JSON (no ``data`` object included), another config or
-            code, or an ``.npz`` that is missing or differs from the recorded SHA-256.
+            code, a recorded config that no longer hashes to the recorded ``config_hash``, a ``data``
+            or ``arrays`` list that does not match the recorded ``data_sha256`` (or a record without
+            one, written before it existed), or an ``.npz`` that is missing, differs from the
+            recorded SHA-256, or does not hold exactly the arrays the record lists.
         """
         meta = self._read_meta(name)
         if meta is None or meta.get("config_hash") != config_hash(config) or meta.get("code") != code:
             return False
-        if not meta.get("arrays"):
-            return True
+        if not self._intact_record(meta):
+            return False
+        if not meta["arrays"]:
+            return "arrays_sha256" not in meta
         npz = self.run_path(name).with_suffix(".npz")
         try:
-            return _file_sha256(npz) == meta.get("arrays_sha256")
-        except OSError:
+            with _open_regular(npz, "rb") as f:
+                if _stream_sha256(f) != meta.get("arrays_sha256"):
+                    return False
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as z:
+                    return self._members(z) == meta["arrays"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
             return False
 
     def save_run(self, name: str, config: Mapping[str, Any], code: str, result: Mapping[str, Any], *,
                  metadata: Mapping[str, Any]) -> Path:
         """Write run ``name``: arrays to ``.npz`` first, then the JSON with the arrays' checksum.
+
+        The JSON records ``config_hash`` (of ``config``), ``data_sha256`` (of the scalar results and the
+        list of array names, :func:`data_hash`) and ``arrays_sha256`` (of the ``.npz``, when there are
+        arrays), which :meth:`is_current` and :meth:`load_run` verify.
 
         Everything is checked, and the JSON record encoded once, before any file is touched: a result
         that cannot be stored (a TypeError or ValueError from the encoding) leaves the previous run,
@@ -188,7 +270,8 @@ class ResultStore:
         data, arrays = _split_arrays(result)
         record = {"experiment": self.experiment, "name": name, "config": dict(config),
                   "config_hash": config_hash(config), "code": code, "seed": config.get("seed"),
-                  **dict(metadata), "data": data, "arrays": sorted(arrays)}
+                  **dict(metadata), "data": data, "arrays": sorted(arrays),
+                  "data_sha256": data_hash(data, sorted(arrays))}
         # The record as written below, less the arrays' checksum (a hex string, always encodable).
         json.dumps(io.to_jsonable(record), indent=1, sort_keys=True, allow_nan=False)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,14 +289,30 @@ class ResultStore:
         ------
         ValueError
             Naming the file, when it is missing, truncated or corrupt: a JSON that is not a record
-            with a ``data`` object, or an ``.npz`` that does not match its recorded SHA-256.
+            with a ``data`` object and an ``arrays`` list, a config or ``data`` that no longer matches
+            its recorded hash, or an ``.npz`` that does not match its recorded SHA-256 or does not hold
+            exactly the listed arrays.
+
+        Notes
+        -----
+        The returned record's ``data`` raises :class:`MissingDataError` (a KeyError naming the run
+        file) for a key it does not hold.
         """
         path = self.run_path(name)
         meta = self._read_meta(name)
         if meta is None:
             raise ValueError(f"{path}: missing, not valid JSON, or not a run record with a 'data' object; "
                              "rerun the experiment's compute step")
-        if meta.get("arrays"):
+        # A record written before data_sha256 existed is read as it is (compute recomputes it: it is
+        # not current); one that has it must match it, and its recorded config its recorded hash.
+        if ("data_sha256" in meta and not self._intact_record(meta)) or (
+                "config_hash" in meta and not self._config_intact(meta)):
+            raise ValueError(f"{path}: its config or data does not match the hashes recorded with them "
+                             "(edited or damaged); rerun the compute step")
+        if not meta["arrays"] and "arrays_sha256" in meta:
+            raise ValueError(f"{path}: lists no arrays but records an arrays checksum (edited or damaged); "
+                             "rerun the compute step")
+        if meta["arrays"]:
             npz = path.with_suffix(".npz")
             try:
                 # One open file for the checksum and the load: the bytes verified are the bytes read,
@@ -223,13 +322,18 @@ class ResultStore:
                     if intact:
                         f.seek(0)
                         with np.load(f, allow_pickle=False) as z:
-                            arrays = {k: z[k] for k in z.files}
+                            members = self._members(z)
+                            arrays = {k: z[k] for k in members} if members == meta["arrays"] else None
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
                 raise ValueError(f"{npz}: unreadable ({exc}); rerun the compute step") from None
             if not intact:
                 raise ValueError(f"{npz}: does not match the SHA-256 recorded in {path.name} "
                                  "(replaced or damaged); rerun the compute step")
+            if arrays is None:
+                raise ValueError(f"{npz}: its arrays {members} are not the ones {path.name} lists "
+                                 f"{meta['arrays']}; rerun the compute step")
             meta["data"].update(arrays)
+        meta["data"] = _RunData(meta["data"], path)
         return StoredRun(meta)
 
     def clean_temps(self) -> None:

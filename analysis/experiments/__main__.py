@@ -34,6 +34,13 @@ def _e3_data(path: str) -> None:
 
     The paths arrive as environment variables, never as shell text; a missing file is recorded as
     such here and reported by E3's compute step with its name.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is a directory.
+    OSError
+        When ``path`` cannot be written (e.g. a path under a regular file).
     """
     import hashlib
     import json
@@ -57,9 +64,24 @@ def _e3_data(path: str) -> None:
         record[var] = {"path": value, "sha256": digest}
     text = json.dumps(record, sort_keys=True) + "\n"
     target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{target}: is a directory, not the E3 data stamp file")
     if not target.is_file() or target.read_text(encoding="utf-8", errors="replace") != text:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, text)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters (newlines included) escaped: one line, never a forged one."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _error(tag: str, exc: BaseException) -> int:
+    """Print ``[tag] error: exc`` as one line on stderr; the exit status 1."""
+    message = str(exc) if not isinstance(exc, OSError) or exc.filename is None or str(exc.filename) in str(exc) \
+        else f"{exc.filename}: {exc}"
+    print(_one_line(f"[{tag}] error: {message or type(exc).__name__}"), file=sys.stderr, flush=True)
+    return 1
 
 
 def main(argv=None) -> int:
@@ -75,13 +97,18 @@ def main(argv=None) -> int:
         sys.stdout.write(_make_deps())
         return 0
     if args.step == "e3-data":
-        _e3_data(args.experiment or "results/.e3-data")
+        from analysis.store import results_root
+        try:
+            _e3_data(args.experiment or str(results_root(args.results) / ".e3-data"))
+        except (OSError, ValueError) as exc:
+            return _error("e3", exc)
         return 0
     if args.step == "list":
         for e in EXPERIMENTS:
             print(f"{e.id}  {e.module}  {e.title}")
         return 0
     from analysis.experiments import framework
+    from analysis.store import MissingDataError
     try:
         info = framework.experiment_info(args.experiment or "")
     except ValueError as exc:
@@ -97,9 +124,10 @@ def main(argv=None) -> int:
         print(f"[{info.id}] interrupted: finished runs are kept; rerun the same command to compute only "
               "the rest", file=sys.stderr, flush=True)
         return 130
-    except ValueError as exc:
-        print(f"[{info.id}] error: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError, MissingDataError) as exc:
+        # User-caused: a damaged or foreign result file, a results root that is a file or a dangling
+        # link, a stored run without a result a figure needs (named by its file).
+        return _error(info.id, exc)
     return 0
 
 
