@@ -23,6 +23,7 @@ import sys
 import time
 
 from benchmarks import blas_threads, jax_seq2seq, machine_info, set_threads
+from miniattn.allocator import keep_freed_memory
 
 SECTIONS = ("speed", "roofline", "scaling", "prediction")
 
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    # As the training entry points do (miniattn/allocator.py): every implementation in this process
+    # then runs with the same allocator setting, whether or not PyTorch (which has the same effect) is imported.
+    keep_freed_memory()
     reps = args.reps if args.reps is not None else (3 if args.quick else 30)
     reps_mh = args.reps_multihead if args.reps_multihead is not None else (3 if args.quick else 20)
     if reps < 1 or reps_mh < 1:

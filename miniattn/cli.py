@@ -63,6 +63,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from miniattn import __version__, io
+from miniattn.allocator import keep_freed_memory
 from miniattn.models import (AttentionClassifier, FreeAttentionCopyModel, GatedToyClassifier,
                              Seq2SeqAttention)
 from miniattn.models.rnn_classifier import RecurrentAttentionClassifier
@@ -1372,6 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()   # a step's temporaries reuse freed pages instead of page-faulting (allocator.py)
     # Usage errors found after parsing are reported by the subcommand's parser (its usage line).
     return args._handler(args, args._sub)
 

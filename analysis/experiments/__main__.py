@@ -10,6 +10,7 @@ import os
 import sys
 
 from analysis.experiments.registry import EXPERIMENTS
+from miniattn.allocator import keep_freed_memory
 
 
 def _make_deps() -> str:
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
                         help="default: 'full' if FULL=1, 'quick' if QUICK=1, else 'default'")
     parser.add_argument("--results", default=None, help="results root (default ./results)")
     args = parser.parse_args(argv)
+    keep_freed_memory()   # before any worker pool forks: the workers inherit it (miniattn/allocator.py)
     if args.step == "make-deps":
         sys.stdout.write(_make_deps())
         return 0
