@@ -126,6 +126,28 @@ def test_e7_ratio_bounds():
     assert value is None and math.isnan(low) and math.isnan(high)
 
 
+def test_e7_a_censored_run_never_narrows_the_interval_or_decides_the_claim():
+    """A bound is not a measurement: adding a censored seed must widen the interval, not replace the
+    spread over seeds by the means of the bounds (which once turned an undecided claim into 'holds')."""
+    from analysis.claims import within
+    from analysis.experiments.e7_reduced_vs_sim import _ratio_claim
+
+    def rec(r, low=None, high=None, sim=1.0, ode=1.0):
+        return {"ratio": r, "ratio_low": r if low is None else low, "ratio_high": r if high is None else high,
+                "tau_learn_sim": sim, "tau_learn_ode": ode}
+
+    measured = [rec(r) for r in (1.05, 1.33, 1.10, 1.25, 1.02, 1.30)]
+    crit = within(1.0, 0.2, "test", relative=True)
+    base = _ratio_claim("s", "p", measured, crit, "beyond")
+    assert base.verdict == "undecided"
+    censored = _ratio_claim("s", "p", measured + [rec(0.75, 0.0, 0.75, sim=None)], crit, "beyond")
+    assert censored.verdict == "undecided" and censored.n == 7
+    assert censored.interval[0] < base.interval[0]          # the censored seed's 0 lower bound widens it
+    assert censored.interval[1] >= min(r["ratio"] for r in measured)
+    ode_censored = _ratio_claim("s", "p", measured + [rec(3.0, 3.0, 3.0, ode=None)], crit, "beyond")
+    assert ode_censored.interval[1] == float("inf")
+
+
 # ------------------------------------------------------------------------------------------------
 # The experiments, quick profile, end to end
 # ------------------------------------------------------------------------------------------------
