@@ -52,6 +52,22 @@ def format_value(value: Any, fmt: str | None = None) -> str:
     return _escape(str(value))
 
 
+def _unbounded_ends(claim: dict) -> dict:
+    """A stored claim with a one-sided null interval end read as unbounded.
+
+    Strict JSON has no infinity, so an interval end of ±inf (a censored time to learn bounds a ratio
+    on one side only) is stored as null, and :func:`analysis.claims.claim_from_dict` reads null as
+    NaN, which would make such a claim undecided. A null *beside a finite end* can only be that
+    infinity (an interval of one run is null at both ends and stays undecided): the low end is
+    −inf, the high end +inf.
+    """
+    interval = claim.get("interval")
+    if not (isinstance(interval, list) and len(interval) == 2) or (interval[0] is None) == (interval[1] is None):
+        return claim
+    low, high = interval
+    return {**claim, "interval": ["-inf" if low is None else low, "inf" if high is None else high]}
+
+
 def format_ci(ci: Any, fmt: str | None = None) -> str:
     """``" [lo, hi]"`` for a two-element interval, else the empty string."""
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
@@ -183,7 +199,7 @@ def render_experiment(info: ExperimentInfo, results: Path, report_dir: Path) -> 
     claims = []
     for c in s.get("claims") or []:
         try:
-            claims.append(claim_from_dict(c))
+            claims.append(claim_from_dict(_unbounded_ends(c)))
         except (KeyError, TypeError, ValueError) as exc:
             lines += [f"*A claim of this summary is unreadable ({_escape(str(exc))}); rerun `{make_cmd}`.*", ""]
     if claims:

@@ -185,3 +185,20 @@ def test_report_marks_a_result_computed_by_an_earlier_version_of_its_code(tmp_pa
     sections = {h: body for h, body in re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)}
     assert "earlier version of its code" not in sections[e1.title]
     assert "earlier version of its code" in sections[e4.title] and "make repro-e4" in sections[e4.title]
+
+
+def test_a_one_sided_null_interval_end_is_unbounded_and_a_two_sided_one_undecided():
+    """Strict JSON stores ±inf as null: beside a finite end it is that infinity; both null stays NaN."""
+    from analysis.claims import claim_from_dict, within
+    from analysis.claims import Claim
+    from analysis.report import _unbounded_ends
+
+    crit = within(1.0, 0.2, "t", relative=True)
+    stored = Claim("s", "p", 971.0, (294.7, float("inf")), 36, crit, kind="beyond").to_dict()
+    stored["interval"] = [294.7, None]                      # what the JSON store writes for +inf
+    assert claim_from_dict(_unbounded_ends(stored)).verdict == "fails"
+    assert claim_from_dict(stored).verdict == "undecided"    # without the reading: NaN
+    both = dict(stored, interval=[None, None])
+    assert claim_from_dict(_unbounded_ends(both)).verdict == "undecided"
+    low = dict(stored, interval=[None, 0.5])
+    assert claim_from_dict(_unbounded_ends(low)).verdict == "fails"
