@@ -472,6 +472,8 @@ def test_run_all_quick_writes_tables_and_json(tmp_path, restore_threads, capsys)
     assert all(e["ok"] for e in raw["speed"]["equivalence"])
     assert len(raw["roofline"]["cells"]) == 8 and all(c["numpy"]["fraction"] > 0 for c in raw["roofline"]["cells"])
     assert raw["roofline"]["profile"]["gemm"]["total"] > 0
-    assert "all 14 GEMMs" in text and "Against the same algorithm" in text
+    assert "all 14 GEMMs" in text
+    # The same-algorithm table needs a framework to time (PyTorch or JAX are optional extras).
+    assert ("Against the same algorithm" in text) == bool(raw["speed"]["torch"] or raw["speed"]["jax"])
     assert {s["axis"] for s in raw["scaling"]["scans"]} == {"B", "L", "d", "L (attention)"}
     assert "QUICK" in capsys.readouterr().out

@@ -22,6 +22,7 @@ Command line: ``python -m analysis.experiments {compute,plot,all} ID [--profile 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib
 import inspect
@@ -30,6 +31,11 @@ import platform
 import time
 from pathlib import Path
 from types import ModuleType
+
+try:   # POSIX: computes of one experiment are serialised with flock
+    import fcntl
+except ImportError:   # pragma: no cover - Windows
+    fcntl = None
 from typing import Any, Callable, Iterator, Sequence
 
 from miniattn import io
@@ -166,10 +172,41 @@ def _staged_sweep(info, mod: ModuleType, profile: str, code: str, root, executor
     raise RuntimeError(f"{info.module}.runs() still lists new runs after {MAX_STAGES} stages")
 
 
+@contextlib.contextmanager
+def _exclusive(experiment_id: str, root):
+    """Hold an exclusive lock on one experiment's results while it is computed.
+
+    Two computes of one experiment into one results root would otherwise race: each removes the
+    temporaries it finds at start-up (left by an interrupted writer) and may remove the other's
+    file in flight. With the lock the second waits, then reuses every run the first wrote. The lock
+    is ``fcntl.flock`` on ``<results>/<id>/.compute.lock`` (released by the kernel if the process
+    dies); without ``fcntl`` (Windows) computes are not serialised.
+    """
+    if fcntl is None:
+        yield
+        return
+    directory = Path(results_root(root)) / experiment_id
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".compute.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def compute(experiment: str, profile: str | None = None, *, root=None, executor=None) -> dict:
-    """Run (or reuse) an experiment's sweep, evaluate its claims, write its ``summary.json``."""
-    started = time.time()
+    """Run (or reuse) an experiment's sweep, evaluate its claims, write its ``summary.json``.
+
+    Concurrent computes of one experiment into one results root are serialised (:func:`_exclusive`).
+    """
     info = experiment_info(experiment)
+    with _exclusive(info.id, root):
+        return _compute(info, profile, root, executor)
+
+
+def _compute(info, profile, root, executor) -> dict:
+    started = time.time()
     mod = _module(info)
     profile = get_profile(profile)
     code = fingerprint(info.module)
