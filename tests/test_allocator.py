@@ -28,7 +28,9 @@ opt = Adam(model.params, lr=1e-3)
 for _ in range(3):
     loss, grads = model.loss_and_grads(task.sample(rng, 64))
     opt.step(grads)
-sys.stdout.write(repr(loss) + " " + "".join(model.params[k].tobytes().hex()[:64] + str(hash(model.params[k].tobytes())) for k in sorted(model.params)))
+import hashlib
+digest = hashlib.sha256(b"".join(model.params[k].tobytes() for k in sorted(model.params))).hexdigest()
+sys.stdout.write(repr(loss) + " " + digest)
 """
 
 
@@ -41,8 +43,8 @@ def test_keep_freed_memory_is_idempotent_and_says_whether_it_took_effect():
 
 
 def test_results_are_bit_identical_with_and_without_it():
-    env = {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env = {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
     out = [subprocess.run([sys.executable, "-c", _STEP, mode], capture_output=True, text=True, env=env,
                           check=True, timeout=120).stdout for mode in ("plain", "keep")]
-    assert out[0] == out[1] and len(out[0]) > 100
+    assert out[0] == out[1] and len(out[0].split()[1]) == 64
     assert np.isfinite(float(out[0].split()[0]))
